@@ -1,0 +1,161 @@
+//! Keystore figures, each next to a baseline measured in the same run:
+//!
+//! - AES-256-GCM sealing throughput of the store's crypto path (and of the
+//!   blob writer, which adds copying and file writes) against
+//!   `openssl speed -evp aes-256-gcm` on one core. Target ratio: >= 0.7.
+//! - Time to open the store, TPM unseal included (swtpm), median and p99.
+//! - Latency of one flushed record write, median and p99.
+//!
+//! Run: `cargo bench -p benches --bench keystore`
+
+#![allow(clippy::expect_used)] // a harness: failing loudly is right
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use benches::median_p99;
+use keystore::crypto::{AeadKey, SecretKey};
+use keystore::{InsecureSoftwareBackend, Store, TpmBackend};
+use test_support::Swtpm;
+
+const BLOCK: usize = 16 * 1024;
+const ROUNDS: usize = 5;
+const ROUND: Duration = Duration::from_millis(800);
+
+fn main() {
+    let ours = median_rate(seal_round);
+    let blobs = median_rate(blob_round);
+    let openssl = openssl_rate();
+    println!("AES-256-GCM, {BLOCK}-byte blocks, one core, median of {ROUNDS} rounds");
+    println!(
+        "  store crypto path (AeadKey::seal) {:>9.1} MB/s",
+        ours / 1e6
+    );
+    println!(
+        "  blob writer to tmpfs              {:>9.1} MB/s",
+        blobs / 1e6
+    );
+    match openssl {
+        Some(base) => {
+            println!(
+                "  openssl speed -evp aes-256-gcm    {:>9.1} MB/s",
+                base / 1e6
+            );
+            println!("  ratio crypto path / openssl       {:>9.2}", ours / base);
+            println!("  ratio blob writer / openssl       {:>9.2}", blobs / base);
+        }
+        None => println!("  openssl speed: not available, no ratio"),
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut tpm = Swtpm::start(&dir.path().join("tpm"));
+    let tcti = tpm.tcti();
+    let data = dir.path().join("data");
+    let open_tpm = || {
+        let backend = TpmBackend::new(&tcti, "sha256:16".parse().expect("pcrs")).expect("tpm");
+        Store::open(&data, Box::new(backend)).expect("open")
+    };
+    drop(open_tpm());
+    let mut opens: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            drop(open_tpm());
+            t.elapsed()
+        })
+        .collect();
+    let (m, p) = median_p99(&mut opens);
+    println!("store open with TPM unseal (swtpm), 20 runs: median {m:.1?}, p99 {p:.1?}");
+    tpm.stop();
+
+    let soft = dir.path().join("soft");
+    let store = Store::open(
+        &soft.join("data"),
+        Box::new(InsecureSoftwareBackend::open(&soft.join("root.key")).expect("soft")),
+    )
+    .expect("open");
+    let tree = store.tree("bench", "bench").expect("tree");
+    let value = vec![7u8; 256];
+    let mut puts: Vec<Duration> = (0..500u32)
+        .map(|i| {
+            let t = Instant::now();
+            tree.put(&i.to_be_bytes(), &value).expect("put");
+            t.elapsed()
+        })
+        .collect();
+    let (m, p) = median_p99(&mut puts);
+    println!("record put (256 B, flushed before return), 500 writes: median {m:.1?}, p99 {p:.1?}");
+}
+
+/// Bytes per second of `round`, median over several rounds.
+fn median_rate(round: fn(Duration) -> (usize, Duration)) -> f64 {
+    let mut rates: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let (bytes, took) = round(ROUND);
+            bytes as f64 / took.as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[ROUNDS / 2]
+}
+
+fn seal_round(budget: Duration) -> (usize, Duration) {
+    let key = AeadKey::new(&SecretKey::random().expect("rng"));
+    let mut buf = Vec::with_capacity(BLOCK + 16);
+    let start = Instant::now();
+    let mut bytes = 0;
+    let mut counter = 0u64;
+    while start.elapsed() < budget {
+        for _ in 0..64 {
+            buf.clear();
+            buf.resize(BLOCK, 0x5a);
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&counter.to_be_bytes());
+            counter += 1;
+            key.seal(nonce, b"bench", &mut buf);
+            bytes += BLOCK;
+        }
+    }
+    (bytes, start.elapsed())
+}
+
+fn blob_round(budget: Duration) -> (usize, Duration) {
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm")
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("tempdir");
+    let store = Store::open(
+        &base.path().join("data"),
+        Box::new(InsecureSoftwareBackend::open(&base.path().join("root.key")).expect("soft")),
+    )
+    .expect("open");
+    let block = vec![0x5au8; BLOCK];
+    let mut writer = store.create_blob("bench", "bench").expect("blob");
+    let start = Instant::now();
+    let mut bytes = 0;
+    while start.elapsed() < budget {
+        for _ in 0..64 {
+            writer.write_all(&block).expect("write");
+            bytes += BLOCK;
+        }
+    }
+    let took = start.elapsed();
+    drop(writer); // not committed: the file is discarded
+    (bytes, took)
+}
+
+/// OpenSSL's single-core AES-256-GCM rate in bytes per second, from its
+/// machine-readable output (`+F:<n>:<name>:<rate>`).
+fn openssl_rate() -> Option<f64> {
+    let out = Command::new("openssl")
+        .args(["speed", "-mr", "-seconds", "3", "-bytes"])
+        .arg(BLOCK.to_string())
+        .args(["-evp", "aes-256-gcm"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("+F:"))?;
+    line.rsplit(':').next()?.trim().parse().ok()
+}
