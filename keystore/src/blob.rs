@@ -67,10 +67,11 @@ impl Store {
             tmp,
             dest: dir.join(hex(&name_hash)),
             chunker: Chunker::new(key, prefix, aad(&header, &name_hash)),
-            buf: Zeroizing::new(Vec::with_capacity(CHUNK_LEN)),
-            out: Vec::with_capacity(CHUNK_LEN + TAG_LEN),
+            buf: Zeroizing::new(Vec::with_capacity(CHUNK_LEN + TAG_LEN)),
         };
-        writer.write_raw(&header)?;
+        let file = writer.file.as_mut().ok_or(Error::NoSuchBlob)?;
+        file.write_all(&header)
+            .map_err(|e| Error::io(&writer.tmp, e))?;
         Ok(writer)
     }
 
@@ -179,28 +180,26 @@ pub struct BlobWriter {
     tmp: PathBuf,
     dest: PathBuf,
     chunker: Chunker,
+    /// Plaintext of the chunk being filled; sealed in place when full.
     buf: Zeroizing<Vec<u8>>,
-    out: Vec<u8>,
 }
 
 impl BlobWriter {
-    fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        let file = self.file.as_mut().ok_or(Error::NoSuchBlob)?;
-        file.write_all(bytes).map_err(|e| Error::io(&self.tmp, e))
-    }
-
+    /// Seals the buffered plaintext in place (the buffer has room for the
+    /// tag, so no copy and no reallocation) and writes it out.
     fn seal_chunk(&mut self, last: bool) -> Result<()> {
         let nonce = self.chunker.next_nonce(last)?;
-        self.out.clear();
-        self.out.extend_from_slice(&self.buf);
-        self.buf.clear();
         self.chunker
             .key
-            .seal(nonce, &self.chunker.aad, &mut self.out);
-        let out = std::mem::take(&mut self.out);
-        let res = self.write_raw(&out);
-        self.out = out;
-        res
+            .seal(nonce, &self.chunker.aad, &mut self.buf);
+        let file = self.file.as_mut().ok_or(Error::NoSuchBlob)?;
+        let written = file
+            .write_all(&self.buf)
+            .map_err(|e| Error::io(&self.tmp, e));
+        // The buffer is reused for the next chunk's plaintext; clear() keeps
+        // its capacity (and Zeroizing wipes it when the writer goes).
+        self.buf.clear();
+        written
     }
 
     /// Seals the final chunk, makes the file durable and moves it into

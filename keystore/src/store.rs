@@ -663,9 +663,18 @@ mod tests {
     use crate::backend::InsecureSoftwareBackend;
     use proptest::prelude::*;
 
-    fn soft_store(dir: &Path) -> Store {
-        let backend = InsecureSoftwareBackend::open(&dir.join("root.key")).unwrap();
-        Store::open(&dir.join("data"), Box::new(backend)).unwrap()
+    /// One store for all cases: opening sled per case would dominate.
+    fn shared_tree() -> &'static Tree {
+        static TREE: std::sync::OnceLock<(tempfile::TempDir, Tree)> = std::sync::OnceLock::new();
+        &TREE
+            .get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap();
+                let backend = InsecureSoftwareBackend::open(&dir.path().join("root.key")).unwrap();
+                let store = Store::open(&dir.path().join("data"), Box::new(backend)).unwrap();
+                let tree = store.tree("t", "p").unwrap();
+                (dir, tree)
+            })
+            .1
     }
 
     proptest! {
@@ -675,10 +684,7 @@ mod tests {
         /// value, never a panic.
         #[test]
         fn record_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let dir = tempfile::tempdir().unwrap();
-            let store = soft_store(dir.path());
-            let tree = store.tree("t", "p").unwrap();
-            prop_assert!(tree.open_record(&[0; 32], &bytes).is_err());
+            prop_assert!(shared_tree().open_record(&[0; 32], &bytes).is_err());
         }
 
         #[test]

@@ -86,6 +86,9 @@ impl KeyBackend for InsecureSoftwareBackend {
 }
 
 fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::fsutil::create_private_dir(parent)?;
+    }
     let tmp: PathBuf = path.with_extension("tmp");
     let mut f = OpenOptions::new()
         .write(true)
