@@ -1,6 +1,28 @@
 //! The inference engine: ONNX models loaded from bytes into tract plans, the
-//! model registry (versions, readiness), typed tensors and input validation.
+//! model registry, typed tensors, input validation and a bounded execution
+//! pool.
 //!
-//! Not built yet: this crate is filled by the inference issue. It will never
-//! see a key (see `ARCHITECTURE.md`).
+//! Pipeline of a model: [`Model::load`] (decode, refuse unsupported
+//! operators, optimise once; a symbolic batch dimension stays symbolic so one
+//! plan serves every batch size) → [`Model::prepare`] (every check on a
+//! request, before any work) → [`Model::run`].
+//!
+//! This crate never sees a key: models arrive as decrypted bytes in memory.
+//! It is synchronous; the server runs it on the [`Pool`].
 #![forbid(unsafe_code)]
+
+mod datatype;
+mod error;
+mod model;
+mod pool;
+mod registry;
+mod tensor;
+mod text;
+
+pub use datatype::DataType;
+pub use error::{Error, Result};
+pub use model::{Dim, Limits, Model, ModelSource, Prepared, TensorSpec};
+pub use pool::Pool;
+pub use registry::{Readiness, Registry};
+pub use tensor::{InputTensor, OutputTensor};
+pub use text::TEXT_INPUT;

@@ -9,3 +9,44 @@
 mod swtpm;
 
 pub use swtpm::Swtpm;
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support lives in the workspace")
+        .to_path_buf()
+}
+
+/// `target/models`, where `scripts/models` writes the reference models.
+/// Panics with the fix when they are missing: `scripts/test` builds them
+/// before running cargo, so this only happens under a bare `cargo test`.
+pub fn models_dir() -> PathBuf {
+    let dir = workspace_root().join("target/models");
+    assert!(
+        dir.join(".digits.ok").exists() && dir.join(".minilm.ok").exists(),
+        "reference models missing in {}: run scripts/models (scripts/test does it)",
+        dir.display()
+    );
+    dir
+}
+
+/// Reads a reference model file.
+pub fn model_bytes(file: &str) -> Vec<u8> {
+    let path = models_dir().join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The Python of the project's virtual environment (onnxruntime, numpy,
+/// tritonclient...), made by `scripts/venv`.
+pub fn venv_python() -> PathBuf {
+    let python = workspace_root().join("target/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/venv (scripts/test does it)",
+        python.display()
+    );
+    python
+}

@@ -1,0 +1,418 @@
+//! A loaded model: ONNX bytes checked, parsed, optimised once into a tract
+//! plan that serves every batch size, plus its public metadata.
+//!
+//! Loading is staged like tract's own pipeline: decode the protobuf → refuse
+//! what we will not run (unknown operators, custom domains, external data) →
+//! tract inference model → typed → optimised → runnable plan.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use crate::datatype::DataType;
+use crate::error::{Error, Result, execution};
+use crate::tensor::{InputTensor, OutputTensor, to_engine_tensor, to_output_tensor, wipe_values};
+use crate::text::TextFrontEnd;
+
+/// One dimension of a model input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    /// Always this size.
+    Fixed(u64),
+    /// Any size; inputs sharing a name must agree (e.g. `batch`).
+    Dynamic(String),
+}
+
+impl Dim {
+    /// The protocol's spelling: the size, or -1 for dynamic.
+    pub fn as_i64(&self) -> i64 {
+        match self {
+            Dim::Fixed(n) => i64::try_from(*n).unwrap_or(i64::MAX),
+            Dim::Dynamic(_) => -1,
+        }
+    }
+}
+
+/// Name, datatype and shape of a model input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// The tensor's name.
+    pub name: String,
+    /// Its element type.
+    pub datatype: DataType,
+    /// Its dimensions.
+    pub shape: Vec<Dim>,
+}
+
+impl TensorSpec {
+    /// The shape as the protocol prints it, e.g. `[-1, 64]`.
+    pub fn shape_i64(&self) -> Vec<i64> {
+        self.shape.iter().map(Dim::as_i64).collect()
+    }
+
+    pub(crate) fn shape_string(&self) -> String {
+        format!("{:?}", self.shape_i64())
+    }
+}
+
+/// Bounds applied to every request before any work is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest element count of one input's declared shape. Checked before
+    /// anything is allocated, so a declared shape of 2^40 elements costs
+    /// nothing.
+    pub max_input_elements: u64,
+    /// Most strings in one text request (each becomes a row of the batch).
+    pub max_text_items: u64,
+}
+
+impl Default for Limits {
+    /// 16 M elements (64 MiB of FP32) per input, 256 strings per request:
+    /// generous for the reference models; deployments tune both.
+    fn default() -> Self {
+        Limits {
+            max_input_elements: 16 << 20,
+            max_text_items: 256,
+        }
+    }
+}
+
+/// What a model is made of: the ONNX bytes and, for text models, the
+/// tokenizer definition (`tokenizer.json`).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSource<'a> {
+    /// The ONNX model, decrypted, in memory.
+    pub onnx: &'a [u8],
+    /// A Hugging Face `tokenizer.json`; makes the model accept text.
+    pub tokenizer_json: Option<&'a [u8]>,
+}
+
+/// A model ready to serve. Immutable and shareable: each request runs on
+/// its own state, so any number may run at once.
+pub struct Model {
+    name: String,
+    version: u64,
+    plan: Arc<TypedSimplePlan>,
+    /// What clients send: the graph inputs, or `text` for text models.
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    text: Option<TextFrontEnd>,
+    limits: Limits,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Checks, parses and optimises a model. Blocking (milliseconds for
+    /// small models, about a second for a BERT-sized one).
+    pub fn load(
+        name: &str,
+        version: u64,
+        source: ModelSource<'_>,
+        limits: Limits,
+    ) -> Result<Model> {
+        let onnx = onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut Cursor::new(source.onnx))
+            .map_err(|e| Error::InvalidModel(format!("not an ONNX model: {e}")))?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
+        check_graph(&onnx, graph)?;
+        let (graph_inputs, outputs) = graph_signature(graph)?;
+        if let Some(spec) = graph_inputs
+            .iter()
+            .chain(&outputs)
+            .find(|s| s.datatype == DataType::Bytes)
+        {
+            return Err(Error::InvalidModel(format!(
+                "tensor `{}` is a string tensor; string inputs and outputs are not supported \
+                 (text models take token ids and a tokenizer)",
+                crate::tensor::clip(&spec.name)
+            )));
+        }
+
+        let model = onnx
+            .model_for_proto_model(&proto)
+            .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
+        drop(proto);
+        let plan = model
+            .into_typed()
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
+
+        let text = source
+            .tokenizer_json
+            .map(|json| TextFrontEnd::new(json, &graph_inputs))
+            .transpose()?;
+        let inputs = match &text {
+            Some(t) => vec![t.spec()],
+            None => graph_inputs,
+        };
+        Ok(Model {
+            name: name.to_owned(),
+            version,
+            plan,
+            inputs,
+            outputs,
+            text,
+            limits,
+        })
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The model's version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The inputs clients send.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// The outputs the model returns, in order.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// Checks a request completely (names, datatypes, shapes, sizes, byte
+    /// counts, text) and converts it for the engine. Nothing runs and
+    /// nothing large is allocated before every check has passed.
+    pub fn prepare(&self, inputs: &[InputTensor<'_>]) -> Result<Prepared> {
+        let ordered = crate::tensor::match_inputs(&self.inputs, inputs)?;
+        let values = match &self.text {
+            Some(text) => text.encode(ordered[0], &self.limits)?,
+            None => {
+                crate::tensor::check_shapes(&self.inputs, &ordered, &self.limits)?;
+                ordered
+                    .iter()
+                    .zip(&self.inputs)
+                    .map(|(input, spec)| to_engine_tensor(input, spec))
+                    .collect::<Result<_>>()?
+            }
+        };
+        Ok(Prepared { values })
+    }
+
+    /// Runs prepared inputs and returns the outputs named in `wanted`, in
+    /// that order, or all outputs in model order when `wanted` is empty.
+    pub fn run(&self, mut prepared: Prepared, wanted: &[&str]) -> Result<Vec<OutputTensor>> {
+        let selection = self.select_outputs(wanted)?;
+        let values = std::mem::take(&mut prepared.values);
+        // Our own handles on the inputs, to wipe them once the engine is done.
+        let inputs = values.clone();
+        let results = self.plan.run(values);
+        wipe_values(inputs);
+        let results = results.map_err(execution)?;
+        let outputs = selection
+            .into_iter()
+            .map(|i| {
+                let value = results
+                    .get(i)
+                    .ok_or_else(|| Error::Execution(format!("output {i} missing")))?;
+                to_output_tensor(&self.outputs[i].name, value.clone())
+            })
+            .collect();
+        wipe_values(results);
+        outputs
+    }
+
+    /// `prepare` then `run`.
+    pub fn infer(&self, inputs: &[InputTensor<'_>], wanted: &[&str]) -> Result<Vec<OutputTensor>> {
+        self.select_outputs(wanted)?;
+        let prepared = self.prepare(inputs)?;
+        self.run(prepared, wanted)
+    }
+
+    fn select_outputs(&self, wanted: &[&str]) -> Result<Vec<usize>> {
+        if wanted.is_empty() {
+            return Ok((0..self.outputs.len()).collect());
+        }
+        wanted
+            .iter()
+            .map(|name| {
+                self.outputs
+                    .iter()
+                    .position(|o| o.name == *name)
+                    .ok_or_else(|| Error::UnknownOutput {
+                        name: crate::tensor::clip(name),
+                        expected: names(&self.outputs),
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Inputs that passed every check, converted for the engine.
+pub struct Prepared {
+    values: TVec<TValue>,
+}
+
+impl Drop for Prepared {
+    /// A request prepared but never run still wipes its tensors.
+    fn drop(&mut self) {
+        wipe_values(std::mem::take(&mut self.values));
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Prepared(<tensors>)")
+    }
+}
+
+pub(crate) fn names(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ONNX's `TensorProto.DataLocation.EXTERNAL`.
+const EXTERNAL_DATA: i32 = 1;
+
+/// Refuses what the engine must not run: operators it does not implement,
+/// operators from custom domains (tract matches operators by name only, so a
+/// `com.microsoft` operator sharing a standard name would silently run with
+/// the standard meaning), and tensors stored outside the file (the loader
+/// would read them from the appliance's disk).
+fn check_graph(onnx: &tract_onnx::Onnx, graph: &pb::GraphProto) -> Result<()> {
+    for tensor in &graph.initializer {
+        if tensor.data_location == Some(EXTERNAL_DATA) {
+            return Err(Error::InvalidModel(
+                "tensors stored outside the model file (external data) are not accepted".into(),
+            ));
+        }
+    }
+    for node in &graph.node {
+        let domain = match node.domain.as_str() {
+            "" | "ai.onnx" => "ai.onnx",
+            "ai.onnx.ml" => "ai.onnx.ml",
+            other => {
+                return Err(Error::UnsupportedOperator {
+                    op: crate::tensor::clip(&node.op_type),
+                    domain: crate::tensor::clip(other),
+                });
+            }
+        };
+        if !onnx.op_register.0.contains_key(&node.op_type) {
+            return Err(Error::UnsupportedOperator {
+                op: crate::tensor::clip(&node.op_type),
+                domain: domain.to_owned(),
+            });
+        }
+        for attribute in &node.attribute {
+            if let Some(t) = &attribute.t
+                && t.data_location == Some(EXTERNAL_DATA)
+            {
+                return Err(Error::InvalidModel(
+                    "tensors stored outside the model file (external data) are not accepted".into(),
+                ));
+            }
+            for sub in attribute.g.iter().chain(&attribute.graphs) {
+                check_graph(onnx, sub)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The graph's real inputs (initializers excluded) and its outputs, with
+/// datatypes and shapes as the file declares them.
+fn graph_signature(graph: &pb::GraphProto) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>)> {
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs = graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(i.name.as_str()))
+        .map(value_spec)
+        .collect::<Result<Vec<_>>>()?;
+    let outputs = graph
+        .output
+        .iter()
+        .map(value_spec)
+        .collect::<Result<Vec<_>>>()?;
+    if inputs.is_empty() || outputs.is_empty() {
+        return Err(Error::InvalidModel(
+            "the model must have at least one input and one output".into(),
+        ));
+    }
+    Ok((inputs, outputs))
+}
+
+fn value_spec(value: &pb::ValueInfoProto) -> Result<TensorSpec> {
+    use pb::tensor_shape_proto::dimension::Value as D;
+    use pb::type_proto::Value as T;
+    let bad = |what: &str| {
+        Error::InvalidModel(format!(
+            "tensor `{}`: {what}",
+            crate::tensor::clip(&value.name)
+        ))
+    };
+    let Some(T::TensorType(tensor)) = value.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Err(bad("only tensor inputs and outputs are supported"));
+    };
+    let datatype =
+        onnx_datatype(tensor.elem_type).ok_or_else(|| bad("unsupported element type"))?;
+    let shape = tensor
+        .shape
+        .as_ref()
+        .ok_or_else(|| bad("no declared shape"))?
+        .dim
+        .iter()
+        .enumerate()
+        .map(|(axis, d)| match &d.value {
+            Some(D::DimValue(n)) if *n > 0 => Ok(Dim::Fixed(*n as u64)),
+            Some(D::DimValue(_)) => Err(bad("a dimension is not positive")),
+            Some(D::DimParam(p)) if !p.is_empty() => Ok(Dim::Dynamic(p.clone())),
+            // Unnamed dynamic dimensions are independent of each other.
+            _ => Ok(Dim::Dynamic(format!("{}:{axis}", value.name))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(TensorSpec {
+        name: value.name.clone(),
+        datatype,
+        shape,
+    })
+}
+
+/// ONNX `TensorProto.DataType` codes.
+fn onnx_datatype(code: i32) -> Option<DataType> {
+    Some(match code {
+        1 => DataType::F32,
+        2 => DataType::U8,
+        3 => DataType::I8,
+        4 => DataType::U16,
+        5 => DataType::I16,
+        6 => DataType::I32,
+        7 => DataType::I64,
+        8 => DataType::Bytes,
+        9 => DataType::Bool,
+        10 => DataType::F16,
+        11 => DataType::F64,
+        12 => DataType::U32,
+        13 => DataType::U64,
+        _ => return None,
+    })
+}

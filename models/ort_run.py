@@ -1,0 +1,61 @@
+"""Runs one ONNX model through onnxruntime (one thread) for the Rust tests' cross-checks.
+
+Usage: python ort_run.py MODEL OUT_DIR NAME:DTYPE:D0xD1x...:RAWFILE [...]
+
+Each input is a raw little-endian file of the given dtype (float32, int64, uint8) and shape.
+Writes each output as OUT_DIR/<index>.f32 (raw little-endian float32) and prints one JSON
+object: {"outputs": [{"name", "shape", "file"}], "step": <output quantization step or null>}.
+The step is the scale of the DequantizeLinear that produces the model's (first) output, seen
+through trailing elementwise ops: "within one quantization step" means within that scale.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+PASS_THROUGH = {"Add", "Relu", "Identity", "Reshape", "Flatten"}
+
+
+def output_step(model: onnx.ModelProto):
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    name = model.graph.output[0].name
+    while name in producers:
+        node = producers[name]
+        if node.op_type == "DequantizeLinear":
+            scale = consts.get(node.input[1])
+            return None if scale is None else float(np.max(scale))
+        if node.op_type not in PASS_THROUGH:
+            return None
+        name = node.input[0]
+    return None
+
+
+def main():
+    model_path, out_dir, *specs = sys.argv[1:]
+    feeds = {}
+    for spec in specs:
+        name, dtype, shape, path = spec.split(":")
+        dims = [int(d) for d in shape.split("x")]
+        feeds[name] = np.fromfile(path, dtype=np.dtype(dtype).newbyteorder("<")).reshape(dims)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    results = session.run(None, feeds)
+    outputs = []
+    for index, (meta, value) in enumerate(zip(session.get_outputs(), results)):
+        path = Path(out_dir) / f"{index}.f32"
+        np.ascontiguousarray(value, dtype="<f4").tofile(path)
+        outputs.append({"name": meta.name, "shape": list(value.shape), "file": str(path)})
+    step = output_step(onnx.load(model_path))
+    print(json.dumps({"outputs": outputs, "step": step}))
+
+
+if __name__ == "__main__":
+    main()
