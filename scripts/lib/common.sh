@@ -26,6 +26,14 @@ ensure_system_packages() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# The reference models and the cross-checks need Python 3.11+ with venv.
+ensure_python() {
+    if ! python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        SYSTEM_PACKAGES=(python3 python3-venv)
+        ensure_system_packages
+    fi
+}
+
 ensure_rust() {
     command -v cargo >/dev/null || {
         echo "cargo is not installed: install Rust from https://rustup.rs first" >&2
