@@ -1,0 +1,327 @@
+//! The daemon's configuration: one TOML file, read into typed structs and
+//! checked before any port is bound. `appliance.example.toml` at the
+//! repository root is the commented reference.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that could not be used. The message names the file and
+/// the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The listener and its protection.
+    pub server: ServerConfig,
+    /// Where keys and data live.
+    pub keystore: KeystoreConfig,
+    /// The inference engine.
+    #[serde(default)]
+    pub inference: InferenceConfig,
+    /// Defaults for client grants.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The mTLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8443`.
+    pub listen: SocketAddr,
+    /// Lowest TLS version: "1.3" (default) or "1.2" (then ECDHE+AEAD only).
+    #[serde(default = "default_min_tls")]
+    pub min_tls_version: String,
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Open connections beyond this are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client that has not finished its TLS handshake by then is dropped.
+    #[serde(default = "default_handshake_ms")]
+    pub handshake_timeout_ms: u64,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(default = "default_idle_s")]
+    pub idle_timeout_s: u64,
+    /// Most concurrent requests (HTTP/2 streams) on one connection.
+    #[serde(default = "default_streams")]
+    pub max_concurrent_streams: u32,
+    /// How long a graceful shutdown waits for requests in flight.
+    #[serde(default = "default_drain_s")]
+    pub shutdown_grace_s: u64,
+}
+
+/// Which key backend protects the store, and where the store lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoreConfig {
+    /// The data directory (sled database and encrypted blobs).
+    pub data_dir: PathBuf,
+    /// "tpm" or "insecure-software".
+    pub backend: String,
+    /// TPM: the TCTI, e.g. `device:/dev/tpmrm0`.
+    pub tcti: Option<String>,
+    /// TPM: the PCRs the key is sealed to, e.g. `sha256:7`.
+    pub pcrs: Option<String>,
+    /// Insecure software backend: the root key file.
+    pub insecure_root_key: Option<PathBuf>,
+}
+
+/// The inference engine's pool and request bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Requests waiting for a worker beyond this get RESOURCE_EXHAUSTED.
+    pub queue: usize,
+    /// Largest element count of one input's declared shape.
+    pub max_input_elements: u64,
+    /// Most strings in one text request.
+    pub max_text_items: u64,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        let limits = inference::Limits::default();
+        InferenceConfig {
+            workers: 0,
+            queue: 256,
+            max_input_elements: limits.max_input_elements,
+            max_text_items: limits.max_text_items,
+        }
+    }
+}
+
+/// Defaults applied to grants that do not set their own rate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per client.
+    pub default_rate_per_second: f64,
+    /// Burst per client.
+    pub default_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            default_rate_per_second: 100.0,
+            default_burst: 200,
+        }
+    }
+}
+
+fn default_min_tls() -> String {
+    "1.3".into()
+}
+fn default_max_message() -> usize {
+    16 << 20
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_handshake_ms() -> u64 {
+    10_000
+}
+fn default_idle_s() -> u64 {
+    300
+}
+fn default_streams() -> u32 {
+    64
+}
+fn default_drain_s() -> u64 {
+    30
+}
+
+/// The key backend, parsed.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A TPM through `tcti`, sealing to `pcrs`.
+    Tpm {
+        /// TCTI string.
+        tcti: String,
+        /// PCR selection.
+        pcrs: keystore::PcrSelection,
+    },
+    /// The development-only software backend.
+    InsecureSoftware {
+        /// Root key file.
+        root_key: PathBuf,
+    },
+}
+
+/// TLS versions the listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinTls {
+    /// TLS 1.3 only.
+    Tls13,
+    /// TLS 1.2 (ECDHE + AEAD suites only) and 1.3.
+    Tls12,
+}
+
+impl Config {
+    /// Reads and checks `path`. Every error names the file and the key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        config.check().map_err(err)?;
+        Ok(config)
+    }
+
+    /// Semantic checks serde cannot express.
+    fn check(&self) -> Result<(), String> {
+        self.min_tls()?;
+        self.backend()?;
+        let s = &self.server;
+        if s.max_message_bytes < 1024 || s.max_message_bytes > (1 << 30) {
+            return Err("server.max_message_bytes: must be between 1 KiB and 1 GiB".into());
+        }
+        if s.max_connections == 0 {
+            return Err("server.max_connections: must be at least 1".into());
+        }
+        if s.handshake_timeout_ms == 0 || s.idle_timeout_s == 0 || s.max_concurrent_streams == 0 {
+            return Err(
+                "server.handshake_timeout_ms, idle_timeout_s and max_concurrent_streams must be \
+                 positive"
+                    .into(),
+            );
+        }
+        if self.inference.queue == 0 {
+            return Err("inference.queue: must be at least 1".into());
+        }
+        let rate = self.limits.default_rate_per_second;
+        if !rate.is_finite() || rate <= 0.0 || self.limits.default_burst == 0 {
+            return Err(
+                "limits.default_rate_per_second and limits.default_burst must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The lowest TLS version.
+    pub fn min_tls(&self) -> Result<MinTls, String> {
+        match self.server.min_tls_version.as_str() {
+            "1.3" => Ok(MinTls::Tls13),
+            "1.2" => Ok(MinTls::Tls12),
+            other => Err(format!(
+                "server.min_tls_version: `{other}` is not \"1.3\" or \"1.2\""
+            )),
+        }
+    }
+
+    /// The key backend.
+    pub fn backend(&self) -> Result<Backend, String> {
+        let k = &self.keystore;
+        match k.backend.as_str() {
+            "tpm" => {
+                let tcti = k
+                    .tcti
+                    .clone()
+                    .ok_or("keystore.tcti: required with backend = \"tpm\"")?;
+                let pcrs = k
+                    .pcrs
+                    .as_deref()
+                    .ok_or("keystore.pcrs: required with backend = \"tpm\"")?
+                    .parse()
+                    .map_err(|e| format!("keystore.pcrs: {e}"))?;
+                Ok(Backend::Tpm { tcti, pcrs })
+            }
+            "insecure-software" => Ok(Backend::InsecureSoftware {
+                root_key: k.insecure_root_key.clone().ok_or(
+                    "keystore.insecure_root_key: required with backend = \"insecure-software\"",
+                )?,
+            }),
+            other => Err(format!(
+                "keystore.backend: `{other}` is not \"tpm\" or \"insecure-software\""
+            )),
+        }
+    }
+
+    /// Engine limits.
+    pub fn engine_limits(&self) -> inference::Limits {
+        inference::Limits {
+            max_input_elements: self.inference.max_input_elements,
+            max_text_items: self.inference.max_text_items,
+        }
+    }
+
+    /// Handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.handshake_timeout_ms)
+    }
+
+    /// Idle deadline.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.idle_timeout_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    const MINIMAL: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        [keystore]
+        data_dir = "/tmp/x"
+        backend = "tpm"
+        tcti = "swtpm:host=127.0.0.1,port=2321"
+        pcrs = "sha256:7"
+    "#;
+
+    #[test]
+    fn the_reference_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance.example.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.min_tls().unwrap(), MinTls::Tls13);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(parse(MINIMAL).is_ok());
+        let cases = [
+            (MINIMAL.replace("listen", "listne"), "listne"),
+            (MINIMAL.replace("\"tpm\"", "\"hsm\""), "keystore.backend"),
+            (MINIMAL.replace("sha256:7", "sha256:99"), "keystore.pcrs"),
+            (MINIMAL.replace("pcrs = \"sha256:7\"", ""), "keystore.pcrs"),
+            (
+                format!("{MINIMAL}\n[inference]\nqueue = 0\n"),
+                "inference.queue",
+            ),
+            (
+                MINIMAL.replace("[keystore]", "min_tls_version = \"1.1\"\n[keystore]"),
+                "server.min_tls_version",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "expected {key} in: {err}");
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! `appliance`: the daemon and its local maintenance commands.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use appliance::config::{Backend, Config};
+use clap::{Parser, Subcommand};
+
+/// Exit code for a bad configuration or command line (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "appliance",
+    version,
+    about = "The on-premises inference appliance: Open Inference Protocol over mutual TLS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve: open the keystore (the TPM unseals its key), load the
+    /// installed models, and listen for mTLS clients until SIGTERM/SIGINT.
+    Run {
+        /// The configuration file (see appliance.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Allow keystore.backend = "insecure-software" (development only:
+        /// everything at rest is then readable by anyone with the disk).
+        #[arg(long)]
+        insecure_software_keystore: bool,
+    },
+    /// The appliance's TLS identity.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Create the TLS key inside the keystore and write a certificate
+    /// signing request for the site CA (`provision appliance issue --csr`).
+    Csr {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// DNS names clients use to reach the appliance.
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses clients use to reach the appliance.
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        /// Where to write the CSR (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Allow the insecure software keystore.
+        #[arg(long)]
+        insecure_software_keystore: bool,
+    },
+    /// Install the certificate the site CA issued for the CSR, and the site
+    /// CA that issues client certificates (and optionally a first CRL).
+    Install {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The appliance certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The site CA certificate (PEM).
+        #[arg(long)]
+        ca: PathBuf,
+        /// A CRL signed by the site CA (PEM or DER).
+        #[arg(long)]
+        crl: Option<PathBuf>,
+        /// Allow the insecure software keystore.
+        #[arg(long)]
+        insecure_software_keystore: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the whole hash chain (the daemon must be stopped). Exits 1 and
+    /// names the first broken link if anything was changed or removed.
+    Verify {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Allow the insecure software keystore.
+        #[arg(long)]
+        insecure_software_keystore: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let (config_path, insecure) = match &cli.command {
+        Command::Run {
+            config,
+            insecure_software_keystore,
+        }
+        | Command::Identity {
+            command:
+                IdentityCommand::Csr {
+                    config,
+                    insecure_software_keystore,
+                    ..
+                },
+        }
+        | Command::Identity {
+            command:
+                IdentityCommand::Install {
+                    config,
+                    insecure_software_keystore,
+                    ..
+                },
+        }
+        | Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    config,
+                    insecure_software_keystore,
+                },
+        } => (config.clone(), *insecure_software_keystore),
+    };
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("appliance: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if let Ok(Backend::InsecureSoftware { .. }) = config.backend() {
+        if !insecure {
+            eprintln!(
+                "appliance: {}: keystore.backend = \"insecure-software\" keeps keys in a plain file; \
+                 refusing without --insecure-software-keystore",
+                config_path.display()
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+        tracing::warn!(
+            "INSECURE: running with the software keystore; data at rest is not protected"
+        );
+    }
+    let result = match cli.command {
+        Command::Run { .. } => serve(config),
+        Command::Identity {
+            command: IdentityCommand::Csr { dns, ip, out, .. },
+        } => csr(&config, &dns, &ip, &out),
+        Command::Identity {
+            command: IdentityCommand::Install { cert, ca, crl, .. },
+        } => install(&config, &cert, &ca, crl.as_deref()),
+        Command::Audit { .. } => verify(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("appliance: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("APPLIANCE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let store = appliance::open_store(&config).context("opening the keystore")?;
+    let (state, writer) = appliance::start(config, store)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("appliance-io")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        tracing::info!(address = %listener.local_addr()?, "listening (mTLS only)");
+        appliance::run(state, listener, shutdown_signal()).await;
+        anyhow::Ok(())
+    })?;
+    drop(runtime);
+    writer.join();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn csr(
+    config: &Config,
+    dns: &[String],
+    ip: &[IpAddr],
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !dns.is_empty() || !ip.is_empty(),
+        "give at least one --dns or --ip"
+    );
+    let store = appliance::open_store(config).context("opening the keystore")?;
+    let pem = appliance::identity::create_csr(&store, dns, ip)?;
+    std::fs::write(out, pem).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "TLS key created in the keystore; CSR written to {}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn install(
+    config: &Config,
+    cert: &std::path::Path,
+    ca: &std::path::Path,
+    crl: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let store = appliance::open_store(config).context("opening the keystore")?;
+    let (site, id) = appliance::identity::install(&store, &read(cert)?, &read(ca)?)?;
+    if let Some(crl) = crl {
+        let identity = appliance::identity::load(&store)?;
+        let crl = appliance::identity::parse_crl(&read(crl)?, &identity.client_ca)?;
+        appliance::identity::store_crl(&store, &crl)?;
+    }
+    println!("identity installed: appliance `{id}` of site `{site}`");
+    Ok(())
+}
+
+fn verify(config: &Config) -> anyhow::Result<()> {
+    let store = appliance::open_store(config).context("opening the keystore")?;
+    match appliance::audit::verify(&store) {
+        Ok(n) => {
+            println!("audit log intact: {n} records, hash chain verified");
+            Ok(())
+        }
+        Err(broken) => anyhow::bail!("audit log damaged: {broken}"),
+    }
+}

@@ -1,0 +1,324 @@
+//! The Open Inference Protocol v2 service. Each handler authorizes first,
+//! converts the wire message into domain types at once (bad input is
+//! INVALID_ARGUMENT), and audits the outcome.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use inference::{InputTensor, Model, OutputTensor, Readiness};
+use tonic::{Request, Response, Status};
+use wire::inference::grpc_inference_service_server::GrpcInferenceService;
+use wire::inference::model_infer_request::InferInputTensor;
+use wire::inference::model_infer_response::InferOutputTensor;
+use wire::inference::model_metadata_response::TensorMetadata;
+use wire::inference::*;
+
+use crate::error::AppError;
+use crate::state::{AppState, Need, clip};
+
+/// The `inference.GRPCInferenceService` implementation.
+pub struct InferenceService {
+    state: Arc<AppState>,
+}
+
+impl InferenceService {
+    /// A service over `state`.
+    pub fn new(state: Arc<AppState>) -> Self {
+        InferenceService { state }
+    }
+}
+
+/// A version string from the wire: empty for "the newest ready".
+fn parse_version(version: &str) -> Result<Option<u64>, AppError> {
+    if version.is_empty() {
+        return Ok(None);
+    }
+    version.parse().map(Some).map_err(|_| {
+        AppError::InvalidArgument(format!(
+            "model_version: `{}` is not a version number",
+            clip(version)
+        ))
+    })
+}
+
+/// One request input, owned, with its elements as raw little-endian bytes.
+struct OwnedInput {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+    data: Bytes,
+}
+
+/// A `ModelInferRequest` converted to domain terms.
+struct InferCall {
+    inputs: Vec<OwnedInput>,
+    outputs: Vec<String>,
+}
+
+impl InferCall {
+    fn parse(request: ModelInferRequest) -> Result<InferCall, AppError> {
+        let raw = request.raw_input_contents;
+        if !raw.is_empty() && raw.len() != request.inputs.len() {
+            return Err(AppError::InvalidArgument(format!(
+                "raw_input_contents has {} entries for {} inputs",
+                raw.len(),
+                request.inputs.len()
+            )));
+        }
+        let mut raw = raw.into_iter();
+        let inputs = request
+            .inputs
+            .into_iter()
+            .map(|input| {
+                let data = match (raw.next(), &input.contents) {
+                    (Some(_), Some(_)) => {
+                        return Err(AppError::InvalidArgument(format!(
+                            "input `{}`: send either raw_input_contents or contents, not both",
+                            clip(&input.name)
+                        )));
+                    }
+                    (Some(bytes), None) => bytes,
+                    (None, Some(contents)) => typed_contents(&input, contents)?,
+                    (None, None) => {
+                        return Err(AppError::InvalidArgument(format!(
+                            "input `{}` has no data",
+                            clip(&input.name)
+                        )));
+                    }
+                };
+                Ok(OwnedInput {
+                    name: input.name,
+                    datatype: input.datatype,
+                    shape: input.shape,
+                    data,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(InferCall {
+            inputs,
+            outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+        })
+    }
+}
+
+/// The protocol's typed `contents` as raw little-endian bytes.
+fn typed_contents(input: &InferInputTensor, c: &InferTensorContents) -> Result<Bytes, AppError> {
+    let out_of_range = || {
+        AppError::InvalidArgument(format!(
+            "input `{}`: a value is out of range for {}",
+            clip(&input.name),
+            clip(&input.datatype)
+        ))
+    };
+    let mut out = Vec::new();
+    match input.datatype.as_str() {
+        "BOOL" => out.extend(c.bool_contents.iter().map(|b| u8::from(*b))),
+        "INT8" => {
+            for v in &c.int_contents {
+                out.extend(i8::try_from(*v).map_err(|_| out_of_range())?.to_le_bytes());
+            }
+        }
+        "INT16" => {
+            for v in &c.int_contents {
+                out.extend(i16::try_from(*v).map_err(|_| out_of_range())?.to_le_bytes());
+            }
+        }
+        "INT32" => out.extend(c.int_contents.iter().flat_map(|v| v.to_le_bytes())),
+        "INT64" => out.extend(c.int64_contents.iter().flat_map(|v| v.to_le_bytes())),
+        "UINT8" => {
+            for v in &c.uint_contents {
+                out.extend(u8::try_from(*v).map_err(|_| out_of_range())?.to_le_bytes());
+            }
+        }
+        "UINT16" => {
+            for v in &c.uint_contents {
+                out.extend(u16::try_from(*v).map_err(|_| out_of_range())?.to_le_bytes());
+            }
+        }
+        "UINT32" => out.extend(c.uint_contents.iter().flat_map(|v| v.to_le_bytes())),
+        "UINT64" => out.extend(c.uint64_contents.iter().flat_map(|v| v.to_le_bytes())),
+        "FP32" => out.extend(c.fp32_contents.iter().flat_map(|v| v.to_le_bytes())),
+        "FP64" => out.extend(c.fp64_contents.iter().flat_map(|v| v.to_le_bytes())),
+        "BYTES" => {
+            for v in &c.bytes_contents {
+                let len = u32::try_from(v.len()).map_err(|_| out_of_range())?;
+                out.extend(len.to_le_bytes());
+                out.extend_from_slice(v);
+            }
+        }
+        // The engine names unknown datatypes with the input; pass nothing.
+        _ => {}
+    }
+    Ok(Bytes::from(out))
+}
+
+fn response_of(model: &Model, id: String, outputs: Vec<OutputTensor>) -> ModelInferResponse {
+    let raw_output_contents = outputs
+        .iter()
+        .map(|o| Bytes::copy_from_slice(o.data()))
+        .collect();
+    ModelInferResponse {
+        model_name: model.name().to_owned(),
+        model_version: model.version().to_string(),
+        id,
+        parameters: Default::default(),
+        outputs: outputs
+            .iter()
+            .map(|o| InferOutputTensor {
+                name: o.name().to_owned(),
+                datatype: o.datatype().as_str().to_owned(),
+                shape: o.shape(),
+                parameters: Default::default(),
+                contents: None,
+            })
+            .collect(),
+        raw_output_contents,
+    }
+}
+
+impl InferenceService {
+    async fn infer(
+        &self,
+        model: Arc<Model>,
+        call: InferCall,
+    ) -> Result<Vec<OutputTensor>, AppError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.state.pool.try_submit(move || {
+            let inputs: Vec<InputTensor<'_>> = call
+                .inputs
+                .iter()
+                .map(|i| InputTensor {
+                    name: &i.name,
+                    datatype: &i.datatype,
+                    shape: &i.shape,
+                    data: &i.data,
+                })
+                .collect();
+            let wanted: Vec<&str> = call.outputs.iter().map(String::as_str).collect();
+            let _ = tx.send(model.infer(&inputs, &wanted));
+        })?;
+        rx.await
+            .map_err(|_| AppError::Internal("the inference worker failed".into()))?
+            .map_err(AppError::from)
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        request: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        let (call, _) = self
+            .state
+            .begin(&request, "ServerLive", Need::AnyGrant, "", 0)?;
+        call.finish(Ok(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        request: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        let (call, _) = self
+            .state
+            .begin(&request, "ServerReady", Need::AnyGrant, "", 0)?;
+        let ready = self.state.registry.all_ready();
+        call.finish(Ok(ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let m = request.get_ref();
+        let (name, version) = (m.name.clone(), m.version.clone());
+        let (call, _) =
+            self.state
+                .begin(&request, "ModelReady", Need::Model(&name), &version, 0)?;
+        let result = parse_version(&version).map(|v| ModelReadyResponse {
+            ready: self.state.registry.readiness(&name, v) == Some(Readiness::Ready),
+        });
+        call.finish(result)
+    }
+
+    async fn server_metadata(
+        &self,
+        request: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        let (call, _) = self
+            .state
+            .begin(&request, "ServerMetadata", Need::AnyGrant, "", 0)?;
+        call.finish(Ok(ServerMetadataResponse {
+            name: "appliance".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec![],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let m = request.get_ref();
+        let (name, version) = (m.name.clone(), m.version.clone());
+        let (call, _) =
+            self.state
+                .begin(&request, "ModelMetadata", Need::Model(&name), &version, 0)?;
+        let result = parse_version(&version).and_then(|v| {
+            let model = self.state.registry.get(&name, v)?;
+            let versions = self
+                .state
+                .registry
+                .list()
+                .into_iter()
+                .filter(|(n, _, r)| *n == name && *r == Readiness::Ready)
+                .map(|(_, v, _)| v.to_string())
+                .collect();
+            let meta = |specs: &[inference::TensorSpec]| {
+                specs
+                    .iter()
+                    .map(|s| TensorMetadata {
+                        name: s.name.clone(),
+                        datatype: s.datatype.as_str().to_owned(),
+                        shape: s.shape_i64(),
+                    })
+                    .collect()
+            };
+            Ok(ModelMetadataResponse {
+                name: name.clone(),
+                versions,
+                platform: "tract_onnx".into(),
+                inputs: meta(model.inputs()),
+                outputs: meta(model.outputs()),
+            })
+        });
+        call.finish(result)
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let bytes_in = prost::Message::encoded_len(request.get_ref()) as u64;
+        let m = request.get_ref();
+        let (name, version) = (m.model_name.clone(), m.model_version.clone());
+        let (call, _) = self.state.begin(
+            &request,
+            "ModelInfer",
+            Need::Model(&name),
+            &version,
+            bytes_in,
+        )?;
+        let request = request.into_inner();
+        let id = request.id.clone();
+        let result = async {
+            let version = parse_version(&version)?;
+            let model = self.state.registry.get(&name, version)?;
+            let parsed = InferCall::parse(request)?;
+            let outputs = self.infer(model.clone(), parsed).await?;
+            Ok(response_of(&model, id, outputs))
+        }
+        .await;
+        call.finish(result)
+    }
+}

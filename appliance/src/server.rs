@@ -1,0 +1,264 @@
+//! The listener: TCP accept, bounded connections, TLS handshake with a
+//! deadline, then HTTP/2 with the gRPC services (and `/metrics`) on each
+//! connection. There is no other listener and no plaintext path.
+//!
+//! Shutdown: stop accepting, ask every connection to finish gracefully
+//! (in-flight requests complete, new ones are refused), wait up to the
+//! configured grace period.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::time::{Instant, Sleep};
+use tonic::service::Routes;
+use tower::ServiceExt;
+
+use crate::identity::client_of;
+use crate::state::{AppState, Need, Peer};
+
+/// Serves until `shutdown` completes, then drains.
+pub async fn serve(
+    state: Arc<AppState>,
+    routes: Routes,
+    listener: TcpListener,
+    shutdown: impl Future,
+) {
+    let limit = Arc::new(Semaphore::new(state.config.server.max_connections));
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    // Every connection task holds a clone; when all are gone, draining is done.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    state.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    drop(tcp);
+                    continue;
+                };
+                let state = state.clone();
+                let routes = routes.clone();
+                let stop = stop_tx.subscribe();
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    connection(state, routes, tcp, stop).await;
+                    drop(permit);
+                    drop(done);
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = stop_tx.send(());
+    drop(done_tx);
+    let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
+    if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
+        tracing::warn!("grace period over; closing the remaining connections");
+    }
+}
+
+async fn connection(
+    state: Arc<AppState>,
+    routes: Routes,
+    tcp: TcpStream,
+    mut stop: broadcast::Receiver<()>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let acceptor = tokio_rustls::TlsAcceptor::from(state.tls.config());
+    let handshake = tokio::time::timeout(state.config.handshake_timeout(), acceptor.accept(tcp));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            state
+                .metrics
+                .handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            state
+                .metrics
+                .handshakes_failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    // The verifier made a client certificate mandatory; identify its owner
+    // once per connection.
+    let peer = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        Some(leaf) => client_of(leaf, &state.tls.identity().site).map_err(|e| e.to_string()),
+        None => Err("no client certificate".to_owned()),
+    };
+    let peer = Peer(Arc::new(peer));
+    state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+
+    let service = {
+        let state = state.clone();
+        tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer.clone());
+            let state = state.clone();
+            let routes = routes.clone();
+            async move {
+                if request.uri().path() == "/metrics" {
+                    return Ok(metrics(&state, &peer_of(&request)));
+                }
+                routes.oneshot(request).await
+            }
+        })
+    };
+    let io = TokioIo::new(Idle::new(tls, state.config.idle_timeout()));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(state.config.server.max_concurrent_streams)
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = builder.serve_connection(io, TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop.recv() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn peer_of<B>(request: &http::Request<B>) -> Option<Peer> {
+    request.extensions().get::<Peer>().cloned()
+}
+
+/// `GET /metrics`, for admin certificates.
+fn metrics(state: &AppState, peer: &Option<Peer>) -> http::Response<tonic::body::Body> {
+    let reply = |status: u16, text: String| {
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(tonic::body::Body::new(Full::new(Bytes::from(text))))
+            .unwrap_or_default()
+    };
+    match state.begin_peer(peer.as_ref(), "Metrics", Need::Admin, "", 0) {
+        Ok((call, _)) => {
+            let models_ready = state
+                .registry
+                .list()
+                .iter()
+                .filter(|(_, _, r)| *r == inference::Readiness::Ready)
+                .count();
+            let text = state.metrics.render(state.pool.queue_depth(), models_ready);
+            call.succeed(text.len() as u64);
+            reply(200, text)
+        }
+        Err(status) => {
+            let code = if status.code() == tonic::Code::Unauthenticated {
+                401
+            } else {
+                403
+            };
+            reply(code, format!("{}\n", status.message()))
+        }
+    }
+}
+
+/// A stream that fails once neither side has moved a byte for `timeout`,
+/// so idle connections cannot hold their slots forever.
+struct Idle<T> {
+    inner: T,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<T> Idle<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        Idle {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.timeout);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Idle<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "idle connection",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = &result
+            && *n > 0
+        {
+            self.touch();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

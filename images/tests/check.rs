@@ -1,0 +1,72 @@
+//! `model-image check` from the outside, as a vendor runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use test_support::models_dir;
+
+fn check(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_model-image"))
+        .arg("check")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_servable_model_prints_its_signature_and_runs() {
+    let model = models_dir().join("digits_cnn_qoperator.onnx");
+    let (ok, stdout, stderr) = check(&[model.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("input  input            FP32   [-1, 1, 8, 8]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("output logits           FP32   [-1, 10]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("logits [1, 10]"), "{stdout}");
+}
+
+#[test]
+fn a_text_model_runs_with_its_tokenizer() {
+    let dir = models_dir();
+    let (ok, stdout, stderr) = check(&[
+        dir.join("minilm_dynamic.onnx").to_str().unwrap(),
+        "--tokenizer",
+        dir.join("minilm_tokenizer.json").to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("input  text             BYTES  [-1]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("embeddings [1, 384]"), "{stdout}");
+}
+
+#[test]
+fn an_unsupported_operator_fails_naming_it() {
+    let model = models_dir().join("digits_mlp_qgemm_unsupported.onnx");
+    let (ok, _, stderr) = check(&[model.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("operator QGemm (domain com.microsoft) is not supported"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_file_says_which() {
+    let (ok, _, stderr) = check(&["/nonexistent/model.onnx"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("reading /nonexistent/model.onnx"),
+        "{stderr}"
+    );
+}
