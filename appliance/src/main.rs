@@ -83,6 +83,10 @@ enum IdentityCommand {
         /// A CRL signed by the site CA (PEM or DER).
         #[arg(long)]
         crl: Option<PathBuf>,
+        /// Grant this client (by certificate name) the admin role, so the
+        /// operator can manage the appliance from then on.
+        #[arg(long, value_name = "CLIENT")]
+        admin: Option<String>,
         /// Allow the insecure software keystore.
         #[arg(long)]
         insecure_software_keystore: bool,
@@ -161,8 +165,15 @@ fn main() -> ExitCode {
             command: IdentityCommand::Csr { dns, ip, out, .. },
         } => csr(&config, &dns, &ip, &out),
         Command::Identity {
-            command: IdentityCommand::Install { cert, ca, crl, .. },
-        } => install(&config, &cert, &ca, crl.as_deref()),
+            command:
+                IdentityCommand::Install {
+                    cert,
+                    ca,
+                    crl,
+                    admin,
+                    ..
+                },
+        } => install(&config, &cert, &ca, crl.as_deref(), admin),
         Command::Audit { .. } => verify(&config),
     };
     match result {
@@ -197,7 +208,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
-        tracing::info!(address = %listener.local_addr()?, "listening (mTLS only)");
+        let address = listener.local_addr()?;
+        tracing::info!(%address, "listening (mTLS only)");
+        // On stdout for scripts and tests that start the daemon on port 0.
+        println!("listening on {address}");
         appliance::run(state, listener, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
@@ -246,6 +260,7 @@ fn install(
     cert: &std::path::Path,
     ca: &std::path::Path,
     crl: Option<&std::path::Path>,
+    admin: Option<String>,
 ) -> anyhow::Result<()> {
     let read =
         |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
@@ -257,6 +272,18 @@ fn install(
         appliance::identity::store_crl(&store, &crl)?;
     }
     println!("identity installed: appliance `{id}` of site `{site}`");
+    if let Some(client) = admin {
+        let grants = appliance::grants::Grants::load(store.clone(), config.limits.clone())?;
+        grants.put(appliance::grants::Grant {
+            client: client.clone(),
+            models: vec!["*".into()],
+            admin: true,
+            rate_per_second: None,
+            burst: None,
+            daily_quota: None,
+        })?;
+        println!("client `{client}` granted the admin role");
+    }
     Ok(())
 }
 

@@ -40,3 +40,36 @@ ensure_rust() {
         exit 1
     }
 }
+
+# Two consecutive free loopback ports (swtpm wants its control port next to
+# its command port); prints the first.
+free_port_pair() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$(( (RANDOM % 15000) * 2 + 20000 ))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null \
+            && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 1))") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "no free port pair found" >&2
+    return 1
+}
+
+# Stops the appliance (SIGTERM: it finishes requests and flushes) and swtpm
+# of a demo directory, if they run.
+stop_demo() {
+    local dir="$1" pid
+    if [ -f "$dir/appliance.pid" ]; then
+        pid=$(cat "$dir/appliance.pid")
+        if kill "$pid" 2>/dev/null; then
+            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+        rm -f "$dir/appliance.pid"
+    fi
+    if [ -f "$dir/swtpm.pid" ]; then
+        kill "$(cat "$dir/swtpm.pid")" 2>/dev/null || true
+        rm -f "$dir/swtpm.pid"
+    fi
+}

@@ -1,0 +1,181 @@
+"""The stock Triton client (`tritonclient.grpc`) against the appliance, over mutual TLS.
+
+Used by scripts/demo (the `demo` command) and by the end-to-end tests (the others, which print
+one JSON object). Nothing here is specific to the appliance: it is what an app written against
+Triton does, with the address and the three certificate files changed.
+
+Usage: oip_client.py --url HOST:PORT --certs DIR [--no-client-cert] COMMAND ...
+  DIR holds ca.pem, cert.pem and key.pem as `provision client issue` writes them.
+Commands:
+  demo MODELS_DIR            classify a digit and embed three sentences, in words
+  check MODELS_DIR           live, ready, metadata, digits accuracy, MiniLM similarities (JSON)
+  call RPC [MODEL]           one call (live|ready|metadata|infer), JSON {ok, code, message}
+  flood COUNT                COUNT digit inferences back to back, JSON counts by status code
+  infer-text TEXT...         embed texts with minilm, JSON {ok, code, shape}
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+SENTENCES = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
+
+
+def client(args):
+    certs = Path(args.certs)
+    return grpcclient.InferenceServerClient(
+        url=args.url,
+        ssl=True,
+        root_certificates=str(certs / "ca.pem"),
+        private_key=None if args.no_client_cert else str(certs / "key.pem"),
+        certificate_chain=None if args.no_client_cert else str(certs / "cert.pem"),
+    )
+
+
+def code_of(error):
+    status = error.status() or ""
+    return status.replace("StatusCode.", "")
+
+
+def digits(models_dir, n):
+    x = np.fromfile(Path(models_dir) / "digits_test_x.f32", dtype="<f4").reshape(-1, 64)[:n]
+    y = np.fromfile(Path(models_dir) / "digits_test_y.u8", dtype=np.uint8)[:n]
+    return x, y
+
+
+def infer_digits(c, x):
+    """Logits for the rows of x, shaped as the model's metadata says (an MLP takes [N, 64], a
+    CNN [N, 1, 8, 8])."""
+    dims = list(c.get_model_metadata("digits").inputs[0].shape)
+    x = x.reshape([x.shape[0]] + [int(d) for d in dims[1:]]).astype(np.float32)
+    inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    out = grpcclient.InferRequestedOutput("logits")
+    result = c.infer("digits", [inp], outputs=[out])
+    return result.as_numpy("logits")
+
+
+def embed(c, texts):
+    inp = grpcclient.InferInput("text", [len(texts)], "BYTES")
+    inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+    result = c.infer("minilm", [inp])
+    return result.as_numpy("embeddings")
+
+
+def similarities(e):
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    return [float(e[0] @ e[1]), float(e[0] @ e[2]), float(e[1] @ e[2])]
+
+
+def demo(args):
+    c = client(args)
+    print(f"server live: {c.is_server_live()}, ready: {c.is_server_ready()}")
+    meta = c.get_model_metadata("digits")
+    print(f"model digits v{meta.versions}: input {meta.inputs[0].name} {meta.inputs[0].datatype} "
+          f"{list(meta.inputs[0].shape)} -> {meta.outputs[0].name} {list(meta.outputs[0].shape)}")
+    x, y = digits(args.models, 1)
+    logits = infer_digits(c, x)
+    print(f"digit classified: predicted {int(np.argmax(logits[0]))}, true label {int(y[0])}")
+    e = embed(c, SENTENCES)
+    s = similarities(e)
+    print(f"sentence embeddings {list(e.shape)}; cosine similarities:")
+    print(f"  '{SENTENCES[0]}' ~ '{SENTENCES[1]}': {s[0]:.4f}")
+    print(f"  '{SENTENCES[0]}' ~ '{SENTENCES[2]}': {s[1]:.4f}")
+    print(f"  '{SENTENCES[1]}' ~ '{SENTENCES[2]}': {s[2]:.4f}")
+
+
+def check(args):
+    c = client(args)
+    x, y = digits(args.models, 450)
+    logits = infer_digits(c, x)
+    single = infer_digits(c, x[:1])
+    meta = {m: c.get_model_metadata(m) for m in ("digits", "minilm")}
+    report = {
+        "live": c.is_server_live(),
+        "ready": c.is_server_ready(),
+        "model_ready": {m: c.is_model_ready(m) for m in meta},
+        "metadata": {
+            m: {
+                "versions": list(v.versions),
+                "platform": v.platform,
+                "inputs": [[i.name, i.datatype, list(i.shape)] for i in v.inputs],
+                "outputs": [[o.name, o.datatype, list(o.shape)] for o in v.outputs],
+            }
+            for m, v in meta.items()
+        },
+        "digits_accuracy": float((np.argmax(logits, axis=1) == y).mean() * 100),
+        "digits_single_matches_batch": bool(np.allclose(single[0], logits[0], atol=1e-4)),
+        "minilm_similarities": similarities(embed(c, SENTENCES)),
+    }
+    print(json.dumps(report))
+
+
+def call(args):
+    try:
+        c = client(args)
+        if args.rpc == "live":
+            c.is_server_live()
+        elif args.rpc == "ready":
+            c.is_server_ready()
+        elif args.rpc == "metadata":
+            c.get_model_metadata(args.model or "digits")
+        elif args.rpc == "infer":
+            infer_digits(c, np.zeros((1, 64), dtype=np.float32))
+        else:
+            raise SystemExit(f"unknown rpc {args.rpc}")
+        print(json.dumps({"ok": True, "code": "OK", "message": ""}))
+    except InferenceServerException as e:
+        print(json.dumps({"ok": False, "code": code_of(e), "message": e.message()}))
+
+
+def flood(args):
+    c = client(args)
+    x = np.zeros((1, 64), dtype=np.float32)
+    counts = {}
+    for _ in range(args.count):
+        try:
+            infer_digits(c, x)
+            code = "OK"
+        except InferenceServerException as e:
+            code = code_of(e)
+            counts.setdefault("messages", {})[code] = e.message()
+        counts[code] = counts.get(code, 0) + 1
+    print(json.dumps(counts))
+
+
+def infer_text(args):
+    try:
+        e = embed(client(args), args.texts)
+        print(json.dumps({"ok": True, "code": "OK", "shape": list(e.shape)}))
+    except InferenceServerException as e:
+        print(json.dumps({"ok": False, "code": code_of(e), "message": e.message()}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True)
+    p.add_argument("--certs", required=True)
+    p.add_argument("--no-client-cert", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo")
+    d.add_argument("models")
+    k = sub.add_parser("check")
+    k.add_argument("models")
+    r = sub.add_parser("call")
+    r.add_argument("rpc")
+    r.add_argument("model", nargs="?")
+    f = sub.add_parser("flood")
+    f.add_argument("count", type=int)
+    t = sub.add_parser("infer-text")
+    t.add_argument("texts", nargs="+")
+    args = p.parse_args()
+    {"demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
