@@ -125,9 +125,17 @@ async fn connection(
             let routes = routes.clone();
             async move {
                 if request.uri().path() == "/metrics" {
-                    return Ok(metrics(&state, &peer_of(&request)));
+                    return Ok::<_, std::convert::Infallible>(metrics(&state, &peer_of(&request)));
                 }
-                routes.oneshot(request).await
+                let peer = peer_of(&request);
+                let method = request.uri().path().to_owned();
+                let response = routes.oneshot(request).await?;
+                Ok(oversize_as_exhausted(
+                    &state,
+                    peer.as_ref(),
+                    &method,
+                    response,
+                ))
             }
         })
     };
@@ -152,6 +160,35 @@ async fn connection(
         }
     }
     state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// tonic refuses a message over `max_message_bytes` with OUT_OF_RANGE
+/// before any handler runs (so unaudited). gRPC's own servers say
+/// RESOURCE_EXHAUSTED for that, and so do we; and we audit it. No handler
+/// of ours answers OUT_OF_RANGE, so the code identifies the case.
+fn oversize_as_exhausted(
+    state: &AppState,
+    peer: Option<&Peer>,
+    method: &str,
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    if out_of_range {
+        let headers = response.headers_mut();
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        let message = format!(
+            "request larger than the server's limit of {} bytes (server.max_message_bytes)",
+            state.config.server.max_message_bytes
+        );
+        if let Ok(value) = http::HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", value);
+        }
+        state.record_refusal(peer, method, "RESOURCE_EXHAUSTED");
+    }
+    response
 }
 
 fn peer_of<B>(request: &http::Request<B>) -> Option<Peer> {

@@ -156,6 +156,27 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Audits a call the transport refused before any handler ran (a
+    /// message over the size limit), under its gRPC method name.
+    pub fn record_refusal(&self, peer: Option<&Peer>, rpc: &str, outcome: &'static str) {
+        let client = match peer.map(|p| p.0.as_ref()) {
+            Some(Ok(id)) => id.name.clone(),
+            _ => "-".into(),
+        };
+        let call = Call {
+            state: self,
+            client,
+            rpc: "Refused",
+            model: String::new(),
+            version: clip(rpc),
+            bytes_in: 0,
+            started: Instant::now(),
+        };
+        call.record(outcome, 0);
+    }
+}
+
 impl Call<'_> {
     /// Audits and counts the call; turns the result into a response.
     pub fn finish<T: prost::Message>(

@@ -12,6 +12,9 @@ Commands:
   call RPC [MODEL]           one call (live|ready|metadata|infer), JSON {ok, code, message}
   flood COUNT                COUNT digit inferences back to back, JSON counts by status code
   infer-text TEXT...         embed texts with minilm, JSON {ok, code, shape}
+  raw MODEL INPUT DATATYPE SHAPE NBYTES [--fill HEX]
+                             one hand-built ModelInferRequest through the package's own
+                             compiled protocol (service_pb2), JSON {ok, code, message}
 """
 
 import argparse
@@ -156,6 +159,32 @@ def infer_text(args):
         print(json.dumps({"ok": False, "code": code_of(e), "message": e.message()}))
 
 
+def raw(args):
+    """A request tritonclient's helpers would refuse to build: any shape, any byte count."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    certs = Path(args.certs)
+    creds = grpc.ssl_channel_credentials(
+        (certs / "ca.pem").read_bytes(), (certs / "key.pem").read_bytes(), (certs / "cert.pem").read_bytes()
+    )
+    channel = grpc.secure_channel(args.url, creds, options=[("grpc.max_send_message_length", -1),
+                                                            ("grpc.max_receive_message_length", -1)])
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    request = service_pb2.ModelInferRequest(model_name=args.model)
+    tensor = request.inputs.add()
+    tensor.name = args.input
+    tensor.datatype = args.datatype
+    tensor.shape.extend(int(d) for d in args.shape.split(",") if d)
+    fill = bytes.fromhex(args.fill) if args.fill else b"\0"
+    request.raw_input_contents.append((fill * (args.nbytes // len(fill) + 1))[: args.nbytes])
+    try:
+        stub.ModelInfer(request, timeout=60)
+        print(json.dumps({"ok": True, "code": "OK", "message": ""}))
+    except grpc.RpcError as e:
+        print(json.dumps({"ok": False, "code": e.code().name, "message": e.details()}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True)
@@ -173,8 +202,16 @@ def main():
     f.add_argument("count", type=int)
     t = sub.add_parser("infer-text")
     t.add_argument("texts", nargs="+")
+    w = sub.add_parser("raw")
+    w.add_argument("model")
+    w.add_argument("input")
+    w.add_argument("datatype")
+    w.add_argument("shape", help="comma-separated dimensions")
+    w.add_argument("nbytes", type=int)
+    w.add_argument("--fill", help="hex bytes repeated to fill the data")
     args = p.parse_args()
-    {"demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text}[args.command](args)
+    commands = {"demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,443 @@
-//! End-to-end tests of the appliance from the outside: real swtpm, the
-//! appliance binary, `provision` and the stock `tritonclient`.
+//! End-to-end tests of the appliance from the outside: a real swtpm, the
+//! `appliance` and `provision` binaries, the stock `tritonclient` package,
+//! certificates from our own provisioning code, loopback only.
 //!
-//! The tests arrive with the appliance issue; until then the keystore's own
-//! crate tests start real swtpm processes themselves.
+//! [`Appliance`] runs the whole enrollment as an operator would (site CA,
+//! CSR from the appliance's keystore, certificate, install, first admin) and
+//! starts the daemon on an ephemeral port.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // fixtures fail loudly
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use provisioning::{
+    ApplianceId, CertificateRequest, ClientName, Passphrase, ServerNames, Site, SiteName,
+    UnlockedSite, Validity,
+};
+use tempfile::TempDir;
+use test_support::{Swtpm, models_dir, venv_python, workspace_root};
+
+/// The site name every test appliance belongs to.
+pub const SITE: &str = "e2e-site";
+/// The administrator every fixture creates.
+pub const ADMIN: &str = "ops-admin";
+const PASSPHRASE: &str = "end-to-end test passphrase";
+
+/// A binary of the workspace, built by `cargo test --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} missing: run the suite with `cargo test --workspace` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running appliance with its site, TPM and data directory.
+pub struct Appliance {
+    /// Everything lives in here.
+    pub dir: TempDir,
+    /// The TPM.
+    pub tpm: Swtpm,
+    /// The site CA, unlocked.
+    pub site: UnlockedSite,
+    /// Where the daemon listens.
+    pub address: SocketAddr,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its log (stderr).
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Appliance {
+    /// An enrolled appliance, started, with no models and one admin.
+    /// `extra` is appended to the `[server]` section of its configuration.
+    pub fn start(extra_server_config: &str) -> Appliance {
+        let dir = tempfile::tempdir().unwrap();
+        let tpm = Swtpm::start(&dir.path().join("swtpm"));
+        let site_name: SiteName = SITE.parse().unwrap();
+        let pass = Passphrase::new(PASSPHRASE.to_owned());
+        let mut site = Site::init(&dir.path().join("site"), &site_name, &pass).unwrap();
+
+        let config = dir.path().join("appliance.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server_config}\n\
+                 [keystore]\ndata_dir = \"{}\"\nbackend = \"tpm\"\ntcti = \"{}\"\npcrs = \"sha256:16\"\n\
+                 [inference]\nworkers = 2\n",
+                dir.path().join("data").display(),
+                tpm.tcti()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("appliance.log");
+        let mut fixture = Appliance {
+            dir,
+            tpm,
+            site: {
+                // Enrollment: CSR from the appliance's keystore, signed by the CA.
+                let csr = config.with_file_name("appliance.csr");
+                run_ok(
+                    appliance_cmd(&config)
+                        .args([
+                            "identity",
+                            "csr",
+                            "--ip",
+                            "127.0.0.1",
+                            "--dns",
+                            "localhost",
+                            "--out",
+                        ])
+                        .arg(&csr),
+                );
+                let request =
+                    CertificateRequest::from_pem(&std::fs::read(&csr).unwrap(), &csr).unwrap();
+                let names =
+                    ServerNames::new(&["localhost".to_owned()], &["127.0.0.1".parse().unwrap()])
+                        .unwrap();
+                let id: ApplianceId = "box-1".parse().unwrap();
+                let cert = site
+                    .issue_appliance_from_csr(&id, &names, request, Validity::days(30).unwrap())
+                    .unwrap();
+                let cert_path = config.with_file_name("appliance-cert.pem");
+                std::fs::write(&cert_path, cert.cert_pem()).unwrap();
+                run_ok(
+                    appliance_cmd(&config)
+                        .args(["identity", "install", "--cert"])
+                        .arg(&cert_path)
+                        .arg("--ca")
+                        .arg(site.dir().join("ca.pem"))
+                        .args(["--admin", ADMIN]),
+                );
+                site
+            },
+            address: "127.0.0.1:0".parse().unwrap(),
+            config,
+            log,
+            child: None,
+        };
+        fixture.client(ADMIN);
+        fixture.launch();
+        fixture
+    }
+
+    /// Starts the daemon and waits for its "listening on" line.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = appliance_cmd(&self.config)
+            .args(["run"])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(address) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(address.to_owned());
+                }
+            }
+        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("appliance did not start; log:\n{}", self.log_text()));
+        self.address = address.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        status.success(),
+                        "appliance exited with {status}; log:\n{}",
+                        self.log_text()
+                    );
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "appliance did not stop on SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The process id of the daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The bundle directory of client `name` (ca.pem, cert.pem, key.pem),
+    /// issued on first use, valid for a day.
+    pub fn client(&mut self, name: &str) -> PathBuf {
+        self.client_with(
+            name,
+            Validity::days(1).unwrap(),
+            provisioning::Usage::ClientAuth,
+        )
+    }
+
+    /// A client bundle with explicit validity and key usage.
+    pub fn client_with(
+        &mut self,
+        name: &str,
+        validity: Validity,
+        usage: provisioning::Usage,
+    ) -> PathBuf {
+        let out = self.dir.path().join("clients").join(name);
+        if !out.exists() {
+            let client: ClientName = name.parse().unwrap();
+            let cert = self
+                .site
+                .issue_client_with(&client, validity, usage)
+                .unwrap();
+            cert.write_bundle(&out).unwrap();
+        }
+        out
+    }
+
+    /// Runs `provision` with `--appliance` and `--admin` filled in.
+    pub fn provision(&self, args: &[&str]) -> Output {
+        let admin = self.dir.path().join("clients").join(ADMIN);
+        let mut cmd = Command::new(binary("provision"));
+        cmd.args(args)
+            .arg("--appliance")
+            .arg(self.address.to_string())
+            .arg("--admin")
+            .arg(&admin);
+        cmd.output().unwrap()
+    }
+
+    /// `provision` that must succeed.
+    pub fn provision_ok(&self, args: &[&str]) -> String {
+        let out = self.provision(args);
+        assert!(
+            out.status.success(),
+            "provision {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Loads the reference models as `digits` (int8 CNN) and `minilm`
+    /// (int8, with its tokenizer).
+    pub fn load_reference_models(&self) {
+        let models = models_dir();
+        let path = |f: &str| models.join(f).to_str().unwrap().to_owned();
+        self.provision_ok(&[
+            "model",
+            "load",
+            "--name",
+            "digits",
+            "--version",
+            "1",
+            "--onnx",
+            &path("digits_cnn_qoperator.onnx"),
+        ]);
+        self.provision_ok(&[
+            "model",
+            "load",
+            "--name",
+            "minilm",
+            "--version",
+            "1",
+            "--onnx",
+            &path("minilm_dynamic.onnx"),
+            "--tokenizer",
+            &path("minilm_tokenizer.json"),
+        ]);
+    }
+
+    /// Grants `client` the given models with generous limits.
+    pub fn grant(&self, client: &str, models: &str) {
+        self.provision_ok(&[
+            "grant",
+            "--client",
+            client,
+            "--models",
+            models,
+            "--rate",
+            "1000/s",
+            "--quota",
+            "unlimited",
+        ]);
+    }
+
+    /// Runs the stock-client script as the client of bundle `certs`; returns
+    /// its JSON output.
+    pub fn triton(&self, certs: &Path, args: &[&str]) -> serde_json::Value {
+        self.triton_with(certs, &[], args)
+    }
+
+    /// As [`Appliance::triton`], with extra options before the command.
+    pub fn triton_with(&self, certs: &Path, options: &[&str], args: &[&str]) -> serde_json::Value {
+        let out = Command::new(venv_python())
+            .arg(workspace_root().join("tests/python/oip_client.py"))
+            .arg("--url")
+            .arg(self.address.to_string())
+            .arg("--certs")
+            .arg(certs)
+            .args(options)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "oip_client {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("oip_client {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
+    /// `appliance audit verify` (the daemon must be stopped): (ok, output).
+    pub fn audit_verify(&self) -> (bool, String) {
+        let out = appliance_cmd(&self.config)
+            .args(["audit", "verify"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `appliance --config <config>` after the subcommand words are added.
+fn appliance_cmd(config: &Path) -> ConfigCommand {
+    ConfigCommand {
+        command: {
+            let mut c = Command::new(binary("appliance"));
+            c.env("TSS2_LOG", "all+NONE");
+            c
+        },
+        config: config.to_path_buf(),
+        words: Vec::new(),
+    }
+}
+
+/// A command whose `--config` goes after its subcommand words.
+pub struct ConfigCommand {
+    command: Command,
+    config: PathBuf,
+    words: Vec<std::ffi::OsString>,
+}
+
+impl ConfigCommand {
+    fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&mut self, args: I) -> &mut Self {
+        self.words
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    fn arg(&mut self, arg: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+        self.words.push(arg.as_ref().to_owned());
+        self
+    }
+
+    fn stdout(&mut self, s: Stdio) -> &mut Self {
+        self.command.stdout(s);
+        self
+    }
+
+    fn stderr(&mut self, s: impl Into<Stdio>) -> &mut Self {
+        self.command.stderr(s);
+        self
+    }
+
+    fn prepared(&mut self) -> &mut Command {
+        // Subcommand words first (e.g. `identity csr`), then --config, then
+        // the rest: clap takes options after the subcommand path.
+        let split = self
+            .words
+            .iter()
+            .position(|w| w.to_str().is_some_and(|s| s.starts_with("--")))
+            .unwrap_or(self.words.len());
+        let (path, rest) = self.words.split_at(split);
+        self.command
+            .args(path)
+            .arg("--config")
+            .arg(&self.config)
+            .args(rest);
+        &mut self.command
+    }
+
+    fn spawn(&mut self) -> std::io::Result<Child> {
+        self.prepared().spawn()
+    }
+
+    fn output(&mut self) -> std::io::Result<Output> {
+        self.prepared().output()
+    }
+}
+
+fn run_ok(cmd: &mut ConfigCommand) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every file under `dir`, with its bytes.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
