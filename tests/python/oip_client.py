@@ -12,6 +12,12 @@ Commands:
   call RPC [MODEL]           one call (live|ready|metadata|infer), JSON {ok, code, message}
   flood COUNT                COUNT digit inferences back to back, JSON counts by status code
   infer-text TEXT...         embed texts with minilm, JSON {ok, code, shape}
+  call-twice RPC             one call, then (after a line on stdin) a second call on the SAME
+                             connection: JSON {first: {...}, second: {...}}
+  tls-garbage NBYTES         a TLS session with this client's certificate that sends garbage
+                             instead of HTTP/2; JSON {closed_by_server}
+  idle COUNT SECONDS         COUNT TLS sessions that complete the handshake and then say
+                             nothing for SECONDS; JSON {opened, still_open}
   raw MODEL INPUT DATATYPE SHAPE NBYTES [--fill HEX]
                              one hand-built ModelInferRequest through the package's own
                              compiled protocol (service_pb2), JSON {ok, code, message}
@@ -185,6 +191,80 @@ def raw(args):
         print(json.dumps({"ok": False, "code": e.code().name, "message": e.details()}))
 
 
+def one_call(c, rpc):
+    try:
+        if rpc == "live":
+            c.is_server_live()
+        else:
+            infer_digits(c, np.zeros((1, 64), dtype=np.float32))
+        return {"ok": True, "code": "OK", "message": ""}
+    except InferenceServerException as e:
+        return {"ok": False, "code": code_of(e), "message": e.message()}
+
+
+def call_twice(args):
+    c = client(args)
+    first = one_call(c, args.rpc)
+    print(json.dumps({"first": first}), flush=True)
+    sys.stdin.readline()
+    print(json.dumps({"first": first, "second": one_call(c, args.rpc)}))
+
+
+def tls_context(args):
+    import ssl
+
+    certs = Path(args.certs)
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def tls_connect(args):
+    import socket
+
+    host, port = args.url.rsplit(":", 1)
+    raw_socket = socket.create_connection((host, int(port)), timeout=10)
+    return tls_context(args).wrap_socket(raw_socket, server_hostname=host)
+
+
+def tls_garbage(args):
+    import os
+
+    s = tls_connect(args)
+    s.sendall(os.urandom(args.nbytes))
+    closed = False
+    try:
+        while True:
+            if not s.recv(65536):
+                closed = True
+                break
+    except OSError:
+        closed = True
+    print(json.dumps({"closed_by_server": closed}))
+
+
+def idle(args):
+    import time
+
+    sessions = []
+    for _ in range(args.count):
+        sessions.append(tls_connect(args))
+    time.sleep(args.seconds)
+    still_open = 0
+    for s in sessions:
+        s.setblocking(False)
+        try:
+            # Reading would block on a healthy idle session; b"" or an error means closed.
+            data = s.recv(1)
+            still_open += 1 if data else 0
+        except (BlockingIOError, __import__("ssl").SSLWantReadError):
+            still_open += 1
+        except OSError:
+            pass
+    print(json.dumps({"opened": len(sessions), "still_open": still_open}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True)
@@ -209,8 +289,15 @@ def main():
     w.add_argument("shape", help="comma-separated dimensions")
     w.add_argument("nbytes", type=int)
     w.add_argument("--fill", help="hex bytes repeated to fill the data")
+    ct = sub.add_parser("call-twice")
+    ct.add_argument("rpc")
+    g = sub.add_parser("tls-garbage")
+    g.add_argument("nbytes", type=int)
+    i = sub.add_parser("idle")
+    i.add_argument("count", type=int)
+    i.add_argument("seconds", type=float)
     args = p.parse_args()
-    commands = {"demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw}
+    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw}
     commands[args.command](args)
 
 
