@@ -132,7 +132,11 @@ impl Admin for AdminService {
             let mut onnx = Zeroizing::new(Vec::new());
             let mut tokenizer = Zeroizing::new(Vec::new());
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|s| AppError::InvalidArgument(s.message().to_owned()))?;
+                let chunk = chunk.map_err(|s| match s.code() {
+                    // tonic's "message over max_message_bytes".
+                    tonic::Code::OutOfRange => AppError::Exhausted(s.message().to_owned()),
+                    _ => AppError::InvalidArgument(s.message().to_owned()),
+                })?;
                 if let Some(h) = chunk.header {
                     if header.is_some() {
                         return Err(AppError::InvalidArgument("header sent twice".into()));

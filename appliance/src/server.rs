@@ -43,7 +43,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (tcp, _) = match accepted {
+                let (tcp, peer_address) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -61,6 +61,7 @@ pub async fn serve(
                 let routes = routes.clone();
                 let stop = stop_tx.subscribe();
                 let done = done_tx.clone();
+                tracing::debug!(peer = %peer_address, "connection accepted");
                 tokio::spawn(async move {
                     connection(state, routes, tcp, stop).await;
                     drop(permit);
@@ -87,6 +88,7 @@ async fn connection(
     mut stop: broadcast::Receiver<()>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let peer_address = tcp.peer_addr().ok();
     let acceptor = tokio_rustls::TlsAcceptor::from(state.tls.config());
     let handshake = tokio::time::timeout(state.config.handshake_timeout(), acceptor.accept(tcp));
     let tls = match handshake.await {
@@ -104,7 +106,7 @@ async fn connection(
                 .metrics
                 .handshakes_failed
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("TLS handshake timed out");
+            tracing::debug!(peer = ?peer_address, "TLS handshake timed out");
             return;
         }
     };

@@ -36,8 +36,9 @@ use crate::fsutil;
 use crate::grant::GrantSpec;
 use crate::names::{ClientName, ModelName};
 
-/// Size of the ONNX and tokenizer pieces in a LoadModel stream.
-pub const MODEL_CHUNK_LEN: usize = 1024 * 1024;
+/// Size of the ONNX and tokenizer pieces in a LoadModel stream: well under
+/// any sane `server.max_message_bytes` of the appliance, framing included.
+pub const MODEL_CHUNK_LEN: usize = 256 * 1024;
 /// How long to wait for TCP and TLS to the appliance.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -57,10 +57,16 @@ def digits(models_dir, n):
     return x, y
 
 
+# The digits input shape per client, asked once (so `flood` sends only inferences).
+_DIGITS_SHAPE = {}
+
+
 def infer_digits(c, x):
     """Logits for the rows of x, shaped as the model's metadata says (an MLP takes [N, 64], a
     CNN [N, 1, 8, 8])."""
-    dims = list(c.get_model_metadata("digits").inputs[0].shape)
+    if id(c) not in _DIGITS_SHAPE:
+        _DIGITS_SHAPE[id(c)] = list(c.get_model_metadata("digits").inputs[0].shape)
+    dims = _DIGITS_SHAPE[id(c)]
     x = x.reshape([x.shape[0]] + [int(d) for d in dims[1:]]).astype(np.float32)
     inp = grpcclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
@@ -145,6 +151,7 @@ def call(args):
 def flood(args):
     c = client(args)
     x = np.zeros((1, 64), dtype=np.float32)
+    _DIGITS_SHAPE[id(c)] = [-1, 1, 8, 8] if args.cnn else [-1, 64]
     counts = {}
     for _ in range(args.count):
         try:
@@ -280,6 +287,7 @@ def main():
     r.add_argument("model", nargs="?")
     f = sub.add_parser("flood")
     f.add_argument("count", type=int)
+    f.add_argument("--mlp", dest="cnn", action="store_false", help="digits is an MLP ([N, 64])")
     t = sub.add_parser("infer-text")
     t.add_argument("texts", nargs="+")
     w = sub.add_parser("raw")

@@ -138,6 +138,7 @@ impl Appliance {
             .open(&self.log)
             .unwrap();
         let mut child = appliance_cmd(&self.config)
+            .env("APPLIANCE_LOG", "info,appliance::server=debug")
             .args(["run"])
             .stdout(Stdio::piped())
             .stderr(log)
@@ -376,6 +377,11 @@ impl ConfigCommand {
 
     fn arg(&mut self, arg: impl AsRef<std::ffi::OsStr>) -> &mut Self {
         self.words.push(arg.as_ref().to_owned());
+        self
+    }
+
+    fn env(&mut self, key: &str, value: &str) -> &mut Self {
+        self.command.env(key, value);
         self
     }
 

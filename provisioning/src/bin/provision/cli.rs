@@ -381,7 +381,7 @@ pub enum ModelCmd {
     /// Upload and load an ONNX model (and its tokenizer.json).
     #[command(
         long_about = "Upload a model to the appliance (LoadModel): a header with the name and \
-            version, then the ONNX file in 1 MiB chunks, then the tokenizer file. Prints the \
+            version, then the ONNX file in 256 KiB chunks, then the tokenizer file. Prints the \
             state the appliance reports.\n\n\
             Reads: the --onnx and --tokenizer files, <admin>/ca.pem, cert.pem, key.pem.",
         after_long_help = ONLINE_HELP
