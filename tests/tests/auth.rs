@@ -66,8 +66,8 @@ fn bad_certificates_are_refused_and_ungranted_clients_denied() {
     let certs = bundle(
         &app,
         "foreign",
-        &foreign.cert_pem(),
-        &foreign.key_pem().unwrap(),
+        foreign.cert_pem(),
+        foreign.key_pem().unwrap(),
     );
     assert_transport_refusal(&refused(&app, &certs, &[]));
 
