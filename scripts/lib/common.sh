@@ -5,8 +5,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export ROOT
 
 # Debian packages the build and the tests need: the TPM stack (swtpm, the
-# TSS libraries tss-esapi links against, tpm2-tools for independent checks).
-SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl)
+# TSS libraries tss-esapi links against, tpm2-tools for independent checks),
+# openssl (the crypto benchmark's baseline) and strace (the no-outbound test).
+SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

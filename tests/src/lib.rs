@@ -132,12 +132,18 @@ impl Appliance {
 
     /// Starts the daemon and waits for its "listening on" line.
     pub fn launch(&mut self) {
+        self.launch_wrapped(&[]);
+    }
+
+    /// As [`Appliance::launch`], under a wrapper command (e.g. `strace`);
+    /// [`Appliance::pid`] is then the wrapper's.
+    pub fn launch_wrapped(&mut self, wrapper: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut child = appliance_cmd(&self.config)
+        let mut child = appliance_cmd_under(&self.config, wrapper)
             .env("APPLIANCE_LOG", "info,appliance::server=debug")
             .args(["run"])
             .stdout(Stdio::piped())
@@ -166,7 +172,7 @@ impl Appliance {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .arg("-TERM")
-                .arg(child.id().to_string())
+                .arg(daemon_pid(&child).to_string())
                 .status();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
@@ -180,7 +186,8 @@ impl Appliance {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "appliance did not stop on SIGTERM"
+                    "appliance did not stop on SIGTERM; log:\n{}",
+                    self.log_text()
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -339,9 +346,22 @@ impl Appliance {
     }
 }
 
+/// The daemon's pid: the child itself, or under a wrapper the wrapper's
+/// child.
+fn daemon_pid(child: &Child) -> u32 {
+    std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .ok()
+        .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(child.id())
+}
+
 impl Drop for Appliance {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(daemon_pid(&child).to_string())
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -350,12 +370,22 @@ impl Drop for Appliance {
 
 /// `appliance --config <config>` after the subcommand words are added.
 fn appliance_cmd(config: &Path) -> ConfigCommand {
-    ConfigCommand {
-        command: {
-            let mut c = Command::new(binary("appliance"));
-            c.env("TSS2_LOG", "all+NONE");
+    appliance_cmd_under(config, &[])
+}
+
+/// The same, run under `wrapper` (a program and its arguments) if given.
+fn appliance_cmd_under(config: &Path, wrapper: &[&str]) -> ConfigCommand {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary("appliance"));
             c
-        },
+        }
+        None => Command::new(binary("appliance")),
+    };
+    command.env("TSS2_LOG", "all+NONE");
+    ConfigCommand {
+        command,
         config: config.to_path_buf(),
         words: Vec::new(),
     }
