@@ -166,7 +166,12 @@ def flood(args):
 
 def infer_text(args):
     try:
-        e = embed(client(args), args.texts)
+        c = client(args)
+        texts = args.texts * args.repeat
+        if args.announce:
+            c.is_server_live()  # connected and authorized: the next call goes straight out
+            print("sending", flush=True)
+        e = embed(c, texts)
         print(json.dumps({"ok": True, "code": "OK", "shape": list(e.shape)}))
     except InferenceServerException as e:
         print(json.dumps({"ok": False, "code": code_of(e), "message": e.message()}))
@@ -290,6 +295,8 @@ def main():
     f.add_argument("--mlp", dest="cnn", action="store_false", help="digits is an MLP ([N, 64])")
     t = sub.add_parser("infer-text")
     t.add_argument("texts", nargs="+")
+    t.add_argument("--repeat", type=int, default=1, help="send the texts this many times over")
+    t.add_argument("--announce", action="store_true", help="print 'sending' just before the call")
     w = sub.add_parser("raw")
     w.add_argument("model")
     w.add_argument("input")

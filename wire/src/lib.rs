@@ -15,3 +15,7 @@ pub mod inference {
 pub mod admin {
     tonic::include_proto!("appliance.admin.v1");
 }
+
+/// The encoded `FileDescriptorSet` of `proto/` (for protocol conformance
+/// tests).
+pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

@@ -1,0 +1,135 @@
+//! Operating the daemon: a bad configuration stops it before any port is
+//! bound (exit 64, naming the key), metrics are for administrators only,
+//! and SIGTERM lets requests in flight finish.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tests::{ADMIN, Appliance, binary};
+
+#[test]
+fn a_bad_configuration_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nlistne = \"127.0.0.1:0\"\n", "listne"),
+        (
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_message_bytes = 10\n[keystore]\ndata_dir = \"/x\"\nbackend = \"tpm\"\ntcti = \"device:/dev/null\"\npcrs = \"sha256:7\"\n",
+            "server.max_message_bytes",
+        ),
+        (
+            "[server]\nlisten = \"127.0.0.1:0\"\n[keystore]\ndata_dir = \"/x\"\nbackend = \"insecure-software\"\ninsecure_root_key = \"/x/k\"\n",
+            "--insecure-software-keystore",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(binary("appliance"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{key}: {stderr}");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert!(
+            stderr.contains("bad.toml"),
+            "the message names the file: {stderr}"
+        );
+    }
+}
+
+fn curl_metrics(app: &Appliance, certs: &std::path::Path) -> (String, String) {
+    let out = Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--http2",
+            "--write-out",
+            "\n%{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("cert.pem"))
+        .arg("--key")
+        .arg(certs.join("key.pem"))
+        .arg(format!("https://localhost:{}/metrics", app.address.port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn metrics_are_served_to_administrators_only() {
+    let mut app = Appliance::start("");
+    app.load_reference_models();
+    let user = app.client("metrics-user");
+    app.grant("metrics-user", "digits");
+    assert_eq!(app.triton(&user, &["call", "infer"])["code"], "OK");
+
+    let admin = app.dir.path().join("clients").join(ADMIN);
+    let (code, body) = curl_metrics(&app, &admin);
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        body.contains("appliance_requests_total{rpc=\"ModelInfer\",code=\"OK\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("appliance_inference_seconds_count{model=\"digits\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("appliance_queue_depth 0"), "{body}");
+    assert!(body.contains("appliance_models_ready 2"), "{body}");
+
+    let (code, body) = curl_metrics(&app, &user);
+    assert_eq!(code, "403", "{body}");
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    let mut app = Appliance::start("");
+    app.load_reference_models();
+    let certs = app.client("patient-app");
+    app.grant("patient-app", "minilm");
+    // A request that takes a while: 96 sentences through MiniLM.
+    let mut python = Command::new(test_support::venv_python())
+        .arg(test_support::workspace_root().join("tests/python/oip_client.py"))
+        .args([
+            "--url",
+            &app.address.to_string(),
+            "--certs",
+            certs.to_str().unwrap(),
+        ])
+        .args(["infer-text", "--announce", "--repeat", "32"])
+        .args([
+            "A long sentence about the weather, the sun and the people outside today.",
+            "Another one.",
+            "A third.",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "sending");
+    std::thread::sleep(Duration::from_millis(150));
+    app.stop(); // SIGTERM; asserts a clean exit
+    let result: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    python.wait().unwrap();
+    assert_eq!(
+        result["code"], "OK",
+        "the request in flight failed: {result}"
+    );
+    assert_eq!(result["shape"], serde_json::json!([96, 384]));
+    let log = app.log_text();
+    let drained = log.find("shutting down").unwrap();
+    let answered = log.rfind("rpc=\"ModelInfer\"").unwrap();
+    assert!(
+        answered > drained,
+        "the answer should come after the shutdown began:\n{log}"
+    );
+}
