@@ -70,3 +70,37 @@ fn a_missing_file_says_which() {
         "{stderr}"
     );
 }
+
+#[test]
+fn profile_names_where_the_time_goes() {
+    let model = models_dir().join("digits_mlp_qdq.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_model-image"))
+        .args([
+            "profile",
+            model.to_str().unwrap(),
+            "--batch",
+            "4",
+            "--runs",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("batch 4"), "{stdout}");
+    // A QDQ model runs its quantize nodes as such in tract.
+    assert!(stdout.contains("QuantizeLinear"), "{stdout}");
+    let shares: f64 = stdout
+        .lines()
+        .filter_map(|l| l.trim_end().strip_suffix('%'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        (shares - 100.0).abs() < 1.0,
+        "shares add up to {shares}: {stdout}"
+    );
+}

@@ -21,7 +21,7 @@ mod text;
 
 pub use datatype::DataType;
 pub use error::{Error, Result};
-pub use model::{Dim, Limits, Model, ModelSource, Prepared, TensorSpec};
+pub use model::{Dim, Limits, Model, ModelSource, OpTime, Prepared, TensorSpec};
 pub use pool::Pool;
 pub use registry::{Readiness, Registry};
 pub use tensor::{InputTensor, OutputTensor};

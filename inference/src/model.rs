@@ -244,6 +244,40 @@ impl Model {
         self.run(prepared, wanted)
     }
 
+    /// Runs prepared inputs `runs` times with every node timed; returns the
+    /// time spent per operator type, largest first, with node counts. For
+    /// finding where an engine's time goes, not for serving.
+    pub fn profile(&self, inputs: &[InputTensor<'_>], runs: usize) -> Result<Vec<OpTime>> {
+        let mut by_op: std::collections::HashMap<String, OpTime> = Default::default();
+        for run in 0..runs.max(1) {
+            let mut prepared = self.prepare(inputs)?;
+            let values = std::mem::take(&mut prepared.values);
+            let mut state = self.plan.spawn().map_err(execution)?;
+            let outputs = state
+                .run_plan_with_eval(values, |ctx, op_state, node, input| {
+                    let started = std::time::Instant::now();
+                    let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
+                    let entry = by_op
+                        .entry(node.op.name().to_string())
+                        .or_insert_with(|| OpTime {
+                            op: node.op.name().to_string(),
+                            time: std::time::Duration::ZERO,
+                            nodes: 0,
+                        });
+                    entry.time += started.elapsed();
+                    if run == 0 {
+                        entry.nodes += 1;
+                    }
+                    result
+                })
+                .map_err(execution)?;
+            wipe_values(outputs);
+        }
+        let mut all: Vec<OpTime> = by_op.into_values().collect();
+        all.sort_by_key(|t| std::cmp::Reverse(t.time));
+        Ok(all)
+    }
+
     fn select_outputs(&self, wanted: &[&str]) -> Result<Vec<usize>> {
         if wanted.is_empty() {
             return Ok((0..self.outputs.len()).collect());
@@ -261,6 +295,17 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// Time spent in one operator type during [`Model::profile`].
+#[derive(Debug, Clone)]
+pub struct OpTime {
+    /// tract's operator name, e.g. `DynamicQuantizeLinearU8`.
+    pub op: String,
+    /// Total time over all runs.
+    pub time: std::time::Duration,
+    /// Nodes of this operator in the plan.
+    pub nodes: usize,
 }
 
 /// Inputs that passed every check, converted for the engine.
