@@ -86,6 +86,13 @@ fn main() {
         .unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
+    let (live50, live99) = runtime.block_on(live_latency(&app.address.to_string(), &certs, budget));
+    println!(
+        "transport floor (ServerLive over mTLS: TLS, HTTP/2, authorization, audit, log; no model): p50 {}, p99 {}",
+        us(live50),
+        us(live99)
+    );
+
     for case in cases() {
         let model = Arc::new(load(case.model));
         let (p50, p99) = in_process_latency(&model, &case, budget);
@@ -213,6 +220,20 @@ fn request(case: &Case) -> ModelInferRequest {
         raw_input_contents: vec![Bytes::from(case.data.clone())],
         ..Default::default()
     }
+}
+
+async fn live_latency(address: &str, certs: &Path, budget: Duration) -> (Duration, Duration) {
+    let mut client = connect(address, certs).await;
+    let request = wire::inference::ServerLiveRequest {};
+    client.server_live(request).await.unwrap();
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < budget {
+        let t = Instant::now();
+        client.server_live(request).await.unwrap();
+        samples.push(t.elapsed());
+    }
+    median_p99(&mut samples)
 }
 
 async fn remote_latency(

@@ -27,14 +27,14 @@ pub const SITE: &str = "e2e-site";
 pub const ADMIN: &str = "ops-admin";
 const PASSPHRASE: &str = "end-to-end test passphrase";
 
-/// A binary of the workspace, built by `cargo test --workspace`.
+/// A binary of the workspace, built by `cargo build --workspace --bins`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} missing: run the suite with `cargo test --workspace` (scripts/test does)",
+        "{} missing: build it first (`cargo build --workspace --bins`; scripts/test does)",
         path.display()
     );
     path
