@@ -10,23 +10,16 @@ prepares its own), for at least SECONDS and at least 5 runs, and prints
 import json
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
+from ort_run import load_feeds, session as ort_session  # noqa: E402
 
 
 def main():
     model, seconds, *specs = sys.argv[1:]
-    feeds = {}
-    for spec in specs:
-        name, dtype, shape, path = spec.split(":")
-        dims = [int(d) for d in shape.split("x")]
-        feeds[name] = np.fromfile(path, dtype=np.dtype(dtype).newbyteorder("<")).reshape(dims)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feeds = load_feeds(specs)
+    session = ort_session(model)
     session.run(None, feeds)  # warm-up
     times = []
     deadline = time.perf_counter() + float(seconds)

@@ -36,20 +36,32 @@ def output_step(model: onnx.ModelProto):
     return None
 
 
-def main():
-    model_path, out_dir, *specs = sys.argv[1:]
+def load_feeds(specs):
+    """Inputs from NAME:DTYPE:D0xD1x...:RAWFILE specs (raw little-endian files)."""
     feeds = {}
     for spec in specs:
         name, dtype, shape, path = spec.split(":")
         dims = [int(d) for d in shape.split("x")]
         feeds[name] = np.fromfile(path, dtype=np.dtype(dtype).newbyteorder("<")).reshape(dims)
+    return feeds
+
+
+def session(model_path):
+    """An onnxruntime session on one thread, CPU only: the engine's fair baseline."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    results = session.run(None, feeds)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+
+
+def main():
+    model_path, out_dir, *specs = sys.argv[1:]
+    feeds = load_feeds(specs)
+    session_ = session(model_path)
+    results = session_.run(None, feeds)
     outputs = []
-    for index, (meta, value) in enumerate(zip(session.get_outputs(), results)):
+    for index, (meta, value) in enumerate(zip(session_.get_outputs(), results)):
         path = Path(out_dir) / f"{index}.f32"
         np.ascontiguousarray(value, dtype="<f4").tofile(path)
         outputs.append({"name": meta.name, "shape": list(value.shape), "file": str(path)})

@@ -530,7 +530,11 @@ fn open_db(path: &Path) -> Result<sled::Db> {
     loop {
         // No background flusher: every write is flushed before it returns.
         match sled::Config::new().path(path).flush_every_ms(None).open() {
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            // sled reports its lock as an `Other` error whose text names it.
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock") =>
+            {
                 if started.elapsed() > LOCK_WAIT {
                     return Err(Error::InUse {
                         dir: path.to_path_buf(),

@@ -393,3 +393,21 @@ fn getrandom(buf: &mut [u8]) {
         .read_exact(buf)
         .unwrap();
 }
+
+#[test]
+fn a_store_in_use_is_reported_as_such() {
+    let fx = Fixture::new(Kind::Soft);
+    let store = fx.open();
+    let started = std::time::Instant::now();
+    let err = fx.try_open().unwrap_err();
+    assert!(matches!(err, Error::InUse { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    // It waited for the lock before giving up (a handle dropped a moment
+    // ago releases it from a background thread).
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    drop(store);
+    drop(fx.open());
+}

@@ -172,7 +172,7 @@ pub enum Error {
     },
 
     /// The appliance answered an RPC with an error status.
-    #[error("{rpc} failed: {}: {message}", code_name(*code))]
+    #[error("{rpc} failed: {}: {message}", wire::code_name(*code))]
     Rpc {
         /// The RPC, e.g. "PutGrant".
         rpc: &'static str,
@@ -241,30 +241,5 @@ pub(crate) fn shorten(value: &str) -> String {
         let mut s: String = value.chars().take(MAX).collect();
         s.push('…');
         s
-    }
-}
-
-/// The canonical upper-case name of a gRPC status code, as the gRPC
-/// specification and other clients print it (`PERMISSION_DENIED`).
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

@@ -40,10 +40,11 @@ pub use cert::{
     CLOCK_SKEW, CertKind, CertificateRequest, IssuedCert, MAX_DAYS, Serial, ServerNames,
     SubjectKey, Usage, Validity, check_bundle_target, spiffe_id,
 };
-pub use error::{Error, Result, code_name};
+pub use error::{Error, Result};
 pub use keyfile::Passphrase;
 pub use names::{ApplianceId, ClientName, ModelName, SiteName};
 pub use site::{CrlInfo, IssuedRecord, Revocation, Site, UnlockedSite};
+pub use wire::code_name;
 
 /// The environment variable from which `provision` reads the CA passphrase
 /// when it is set (for scripts and tests); otherwise it asks on the

@@ -329,6 +329,22 @@ impl Appliance {
             .unwrap_or_else(|e| panic!("oip_client {args:?} printed no JSON ({e}): {stdout}"))
     }
 
+    /// The stock-client script as a running process (stdin and stdout
+    /// piped), for calls that must interleave with the test.
+    pub fn triton_process(&self, certs: &Path, args: &[&str]) -> Child {
+        Command::new(venv_python())
+            .arg(workspace_root().join("tests/python/oip_client.py"))
+            .arg("--url")
+            .arg(self.address.to_string())
+            .arg("--certs")
+            .arg(certs)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `appliance audit verify` (the daemon must be stopped): (ok, output).
     pub fn audit_verify(&self) -> (bool, String) {
         let out = appliance_cmd(&self.config)

@@ -6,7 +6,6 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use provisioning::{ClientName, Passphrase, Site, SiteName, Usage, Validity};
@@ -135,20 +134,7 @@ fn a_revoked_certificate_is_refused_after_a_crl_push_even_on_an_open_connection(
     app.grant("soon-revoked", "*");
 
     // A client that keeps its connection open across the revocation.
-    let mut python = Command::new(test_support::venv_python())
-        .arg(test_support::workspace_root().join("tests/python/oip_client.py"))
-        .args([
-            "--url",
-            &app.address.to_string(),
-            "--certs",
-            certs.to_str().unwrap(),
-            "call-twice",
-            "live",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut python = app.triton_process(&certs, &["call-twice", "live"]);
     let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first["first"]["code"], "OK", "{first}");

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tests::{ADMIN, Appliance, binary};
@@ -97,23 +97,18 @@ fn sigterm_lets_requests_in_flight_finish() {
     let certs = app.client("patient-app");
     app.grant("patient-app", "minilm");
     // A request that takes a while: 96 sentences through MiniLM.
-    let mut python = Command::new(test_support::venv_python())
-        .arg(test_support::workspace_root().join("tests/python/oip_client.py"))
-        .args([
-            "--url",
-            &app.address.to_string(),
-            "--certs",
-            certs.to_str().unwrap(),
-        ])
-        .args(["infer-text", "--announce", "--repeat", "32"])
-        .args([
+    let mut python = app.triton_process(
+        &certs,
+        &[
+            "infer-text",
+            "--announce",
+            "--repeat",
+            "32",
             "A long sentence about the weather, the sun and the people outside today.",
             "Another one.",
             "A third.",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "sending");
     std::thread::sleep(Duration::from_millis(150));
