@@ -102,6 +102,7 @@ pub struct Model {
     outputs: Vec<TensorSpec>,
     text: Option<TextFrontEnd>,
     limits: Limits,
+    cost: CostModel,
 }
 
 impl fmt::Debug for Model {
@@ -172,6 +173,7 @@ impl Model {
             outputs,
             text,
             limits,
+            cost: CostModel::default(),
         })
     }
 
@@ -240,8 +242,19 @@ impl Model {
     /// `prepare` then `run`.
     pub fn infer(&self, inputs: &[InputTensor<'_>], wanted: &[&str]) -> Result<Vec<OutputTensor>> {
         self.select_outputs(wanted)?;
+        let started = std::time::Instant::now();
         let prepared = self.prepare(inputs)?;
-        self.run(prepared, wanted)
+        let outputs = self.run(prepared, wanted)?;
+        self.cost.observe(input_bytes(inputs), started.elapsed());
+        Ok(outputs)
+    }
+
+    /// What a request of `inputs` is expected to cost, from the model's
+    /// recent requests (time per input byte, smoothed); `None` until the
+    /// model has served a few. A server runs cheap requests where they
+    /// arrive and sends the others to its pool.
+    pub fn estimated_cost(&self, inputs: &[InputTensor<'_>]) -> Option<std::time::Duration> {
+        self.cost.estimate(input_bytes(inputs))
     }
 
     /// Runs prepared inputs `runs` times with every node timed; returns the
@@ -294,6 +307,53 @@ impl Model {
                     })
             })
             .collect()
+    }
+}
+
+fn input_bytes(inputs: &[InputTensor<'_>]) -> u64 {
+    inputs
+        .iter()
+        .map(|i| i.data.len() as u64)
+        .sum::<u64>()
+        .max(1)
+}
+
+/// A smoothed time-per-input-byte of recent requests.
+#[derive(Default)]
+struct CostModel {
+    /// f64 bits of nanoseconds per byte; 0 = not yet known.
+    ns_per_byte: std::sync::atomic::AtomicU64,
+    samples: std::sync::atomic::AtomicU64,
+}
+
+impl CostModel {
+    /// Requests seen before an estimate is offered (the first runs of a
+    /// plan are slower: caches, lazy allocations).
+    const WARM_UP: u64 = 8;
+
+    fn observe(&self, bytes: u64, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sample = took.as_nanos() as f64 / bytes as f64;
+        let old = f64::from_bits(self.ns_per_byte.load(Relaxed));
+        let new = if old == 0.0 {
+            sample
+        } else {
+            old + (sample - old) / 8.0
+        };
+        // A lost update under contention only delays the average a little.
+        self.ns_per_byte.store(new.to_bits(), Relaxed);
+        self.samples.fetch_add(1, Relaxed);
+    }
+
+    fn estimate(&self, bytes: u64) -> Option<std::time::Duration> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.samples.load(Relaxed) < Self::WARM_UP {
+            return None;
+        }
+        let ns = f64::from_bits(self.ns_per_byte.load(Relaxed)) * bytes as f64;
+        Some(std::time::Duration::from_nanos(
+            ns.min(u64::MAX as f64) as u64
+        ))
     }
 }
 
@@ -460,4 +520,24 @@ fn onnx_datatype(code: i32) -> Option<DataType> {
         13 => DataType::U64,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn cost_model_waits_for_warm_up_then_scales_with_size() {
+        let cost = CostModel::default();
+        for _ in 0..CostModel::WARM_UP - 1 {
+            cost.observe(1000, Duration::from_micros(10));
+            assert_eq!(cost.estimate(1000), None);
+        }
+        cost.observe(1000, Duration::from_micros(10));
+        let small = cost.estimate(1000).unwrap();
+        let large = cost.estimate(100_000).unwrap();
+        assert!((9_000..11_000).contains(&small.as_nanos()), "{small:?}");
+        assert_eq!(large.as_nanos() / small.as_nanos(), 100);
+    }
 }

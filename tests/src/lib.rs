@@ -144,7 +144,10 @@ impl Appliance {
             .open(&self.log)
             .unwrap();
         let mut child = appliance_cmd_under(&self.config, wrapper)
-            .env("APPLIANCE_LOG", "info,appliance::server=debug")
+            .env(
+                "APPLIANCE_LOG",
+                "info,tss_esapi=warn,appliance::server=debug,appliance::oip=debug",
+            )
             .args(["run"])
             .stdout(Stdio::piped())
             .stderr(log)

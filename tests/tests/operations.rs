@@ -111,7 +111,15 @@ fn sigterm_lets_requests_in_flight_finish() {
     );
     let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "sending");
-    std::thread::sleep(Duration::from_millis(150));
+    // SIGTERM once the server has the request (its log says so).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !app.log_text().contains("inference started") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     app.stop(); // SIGTERM; asserts a clean exit
     let result: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     python.wait().unwrap();
