@@ -197,6 +197,8 @@ fn init_tracing() {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    // A core dump would hold the unsealed keys and request payloads.
+    rlimit::setrlimit(rlimit::Resource::CORE, 0, 0).context("disabling core dumps")?;
     let listen = config.server.listen;
     let store = appliance::open_store(&config).context("opening the keystore")?;
     let (state, writer) = appliance::start(config, store)?;

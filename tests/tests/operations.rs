@@ -65,6 +65,18 @@ fn curl_metrics(app: &Appliance, certs: &std::path::Path) -> (String, String) {
 }
 
 #[test]
+fn the_daemon_cannot_dump_core() {
+    let app = Appliance::start("");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", app.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+}
+
+#[test]
 fn metrics_are_served_to_administrators_only() {
     let mut app = Appliance::start("");
     app.load_reference_models();
