@@ -67,7 +67,7 @@ impl Admin for AdminService {
         &self,
         request: Request<Grant>,
     ) -> Result<Response<PutGrantResponse>, Status> {
-        let (call, _) = self.state.begin(&request, "PutGrant", Need::Admin, "", 0)?;
+        let call = self.state.begin(&request, "PutGrant", Need::Admin, "", 0)?;
         let grant = to_domain(request.into_inner());
         let state = self.state.clone();
         let result = blocking(move || state.grants.put(grant)).await;
@@ -78,7 +78,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DeleteGrantRequest>,
     ) -> Result<Response<DeleteGrantResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "DeleteGrant", Need::Admin, "", 0)?;
         let client = request.into_inner().client;
@@ -91,7 +91,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListGrantsRequest>,
     ) -> Result<Response<ListGrantsResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "ListGrants", Need::Admin, "", 0)?;
         let grants = self.state.grants.list().into_iter().map(to_wire).collect();
@@ -102,7 +102,7 @@ impl Admin for AdminService {
         &self,
         request: Request<InstallCrlRequest>,
     ) -> Result<Response<InstallCrlResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "InstallCrl", Need::Admin, "", 0)?;
         let bytes = request.into_inner().crl;
@@ -123,7 +123,7 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<LoadModelChunk>>,
     ) -> Result<Response<LoadModelResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "LoadModel", Need::Admin, "", 0)?;
         let mut stream = request.into_inner();
@@ -187,7 +187,7 @@ impl Admin for AdminService {
         &self,
         request: Request<UnloadModelRequest>,
     ) -> Result<Response<UnloadModelResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "UnloadModel", Need::Admin, "", 0)?;
         let m = request.into_inner();
@@ -204,7 +204,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "ListModels", Need::Admin, "", 0)?;
         let models = models::list(&self.state.registry)
@@ -224,7 +224,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "ExportAudit", Need::Admin, "", 0)?;
         let from = request.into_inner().from_sequence;

@@ -46,7 +46,7 @@ impl Health for HealthService {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "HealthCheck", Need::AnyGrant, "", 0)?;
         match self.status(&request.get_ref().service) {
@@ -65,7 +65,7 @@ impl Health for HealthService {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "HealthWatch", Need::AnyGrant, "", 0)?;
         let result = self.status(&request.get_ref().service);

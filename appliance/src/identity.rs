@@ -250,26 +250,18 @@ fn check_server_certificate(
     spiffe_of(&cert, "appliance")
 }
 
+/// The DER of the first PEM block labelled `tag` in `bytes`.
 fn one_pem(bytes: &[u8], tag: &str, what: &str) -> Result<Vec<u8>, AppError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| AppError::InvalidArgument(format!("{what} is not PEM text")))?;
-    let begin = format!("-----BEGIN {tag}-----");
-    let end = format!("-----END {tag}-----");
-    let start = text
-        .find(&begin)
-        .ok_or_else(|| AppError::InvalidArgument(format!("{what}: no {begin} block")))?;
-    let body_start = start + begin.len();
-    let stop = text[body_start..]
-        .find(&end)
-        .ok_or_else(|| AppError::InvalidArgument(format!("{what}: unterminated PEM block")))?;
-    let body: String = text[body_start..body_start + stop]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .map_err(|_| AppError::InvalidArgument(format!("{what}: bad base64 in PEM")))
+    for block in Pem::iter_from_buffer(bytes) {
+        let block =
+            block.map_err(|e| AppError::InvalidArgument(format!("{what}: bad PEM: {e}")))?;
+        if block.label == tag {
+            return Ok(block.contents);
+        }
+    }
+    Err(AppError::InvalidArgument(format!(
+        "{what}: no -----BEGIN {tag}----- block"
+    )))
 }
 
 fn trim_serial(raw: &[u8]) -> Vec<u8> {

@@ -233,7 +233,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ServerLiveRequest>,
     ) -> Result<Response<ServerLiveResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "ServerLive", Need::AnyGrant, "", 0)?;
         call.finish(Ok(ServerLiveResponse { live: true }))
@@ -243,7 +243,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "ServerReady", Need::AnyGrant, "", 0)?;
         let ready = self.state.registry.all_ready();
@@ -256,9 +256,9 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let m = request.get_ref();
         let (name, version) = (m.name.clone(), m.version.clone());
-        let (call, _) =
-            self.state
-                .begin(&request, "ModelReady", Need::Model(&name), &version, 0)?;
+        let call = self
+            .state
+            .begin(&request, "ModelReady", Need::Model(&name), &version, 0)?;
         let result = parse_version(&version).map(|v| ModelReadyResponse {
             ready: self.state.registry.readiness(&name, v) == Some(Readiness::Ready),
         });
@@ -269,7 +269,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
-        let (call, _) = self
+        let call = self
             .state
             .begin(&request, "ServerMetadata", Need::AnyGrant, "", 0)?;
         call.finish(Ok(ServerMetadataResponse {
@@ -285,9 +285,9 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let m = request.get_ref();
         let (name, version) = (m.name.clone(), m.version.clone());
-        let (call, _) =
-            self.state
-                .begin(&request, "ModelMetadata", Need::Model(&name), &version, 0)?;
+        let call = self
+            .state
+            .begin(&request, "ModelMetadata", Need::Model(&name), &version, 0)?;
         let result = parse_version(&version).and_then(|v| {
             let model = self.state.registry.get(&name, v)?;
             let versions = self
@@ -326,7 +326,7 @@ impl GrpcInferenceService for InferenceService {
         let bytes_in = prost::Message::encoded_len(request.get_ref()) as u64;
         let m = request.get_ref();
         let (name, version) = (m.model_name.clone(), m.model_version.clone());
-        let (call, _) = self.state.begin(
+        let call = self.state.begin(
             &request,
             "ModelInfer",
             Need::Model(&name),

@@ -207,7 +207,7 @@ fn metrics(state: &AppState, peer: &Option<Peer>) -> http::Response<tonic::body:
             .unwrap_or_default()
     };
     match state.begin_peer(peer.as_ref(), "Metrics", Need::Admin, "", 0) {
-        Ok((call, _)) => {
+        Ok(call) => {
             let models_ready = state
                 .registry
                 .list()

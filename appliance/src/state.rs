@@ -1,6 +1,7 @@
 //! What every handler shares, and the per-call discipline: authenticate,
 //! authorize, admit, then audit and count whatever the outcome.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::audit::{AuditLog, Event};
 use crate::config::Config;
 use crate::error::{AppError, code_name, to_status};
-use crate::grants::{Grant, Grants};
+use crate::grants::Grants;
 use crate::identity::ClientId;
 use crate::metrics::Metrics;
 use crate::tls::TlsState;
@@ -57,7 +58,9 @@ pub enum Need<'a> {
 pub struct Call<'a> {
     state: &'a AppState,
     client: String,
-    rpc: &'static str,
+    /// The RPC's name; our handlers' names are static, a refused method's
+    /// comes from the request path.
+    rpc: Cow<'static, str>,
     model: String,
     version: String,
     bytes_in: u64,
@@ -74,7 +77,7 @@ impl AppState {
         need: Need<'_>,
         version: &str,
         bytes_in: u64,
-    ) -> Result<(Call<'a>, Grant), Status> {
+    ) -> Result<Call<'a>, Status> {
         let peer = request.extensions().get::<Peer>();
         self.begin_peer(peer, rpc, need, version, bytes_in)
     }
@@ -87,7 +90,7 @@ impl AppState {
         need: Need<'_>,
         version: &str,
         bytes_in: u64,
-    ) -> Result<(Call<'a>, Grant), Status> {
+    ) -> Result<Call<'a>, Status> {
         let model = match need {
             Need::Model(m) => m,
             _ => "",
@@ -95,14 +98,14 @@ impl AppState {
         let mut call = Call {
             state: self,
             client: "-".into(),
-            rpc,
+            rpc: Cow::Borrowed(rpc),
             model: clip(model),
             version: clip(version),
             bytes_in,
             started: Instant::now(),
         };
         match self.authorize(peer, need, &mut call) {
-            Ok(grant) => Ok((call, grant)),
+            Ok(()) => Ok(call),
             Err(e) => Err(call.fail(e)),
         }
     }
@@ -112,7 +115,7 @@ impl AppState {
         peer: Option<&Peer>,
         need: Need<'_>,
         call: &mut Call<'_>,
-    ) -> Result<Grant, AppError> {
+    ) -> Result<(), AppError> {
         let id = match peer.map(|p| p.0.as_ref()) {
             Some(Ok(id)) => id,
             Some(Err(why)) => return Err(AppError::Unauthenticated(why.clone())),
@@ -151,15 +154,15 @@ impl AppState {
         }
         self.grants
             .admit(&grant)
-            .map_err(|refusal| AppError::Exhausted(refusal.to_string()))?;
-        Ok(grant)
+            .map_err(|refusal| AppError::Exhausted(refusal.to_string()))
     }
 }
 
 impl AppState {
     /// Audits a call the transport refused before any handler ran (a
-    /// message over the size limit), under its gRPC method name.
-    pub fn record_refusal(&self, peer: Option<&Peer>, rpc: &str, outcome: &'static str) {
+    /// message over the size limit), under the RPC name of its gRPC path
+    /// (`/inference.GRPCInferenceService/ModelInfer` → `ModelInfer`).
+    pub fn record_refusal(&self, peer: Option<&Peer>, path: &str, outcome: &'static str) {
         let client = match peer.map(|p| p.0.as_ref()) {
             Some(Ok(id)) => id.name.clone(),
             _ => "-".into(),
@@ -167,9 +170,9 @@ impl AppState {
         let call = Call {
             state: self,
             client,
-            rpc: "Refused",
+            rpc: Cow::Owned(clip(path.rsplit('/').next().unwrap_or(path))),
             model: String::new(),
-            version: clip(rpc),
+            version: String::new(),
             bytes_in: 0,
             started: Instant::now(),
         };
@@ -209,7 +212,7 @@ impl Call<'_> {
         ) {
             // Details of our own failures go to the operator's log only; the
             // client sees a generic message (see `to_status`).
-            tracing::error!(rpc = self.rpc, error = %error, "internal error");
+            tracing::error!(rpc = ?self.rpc, error = %error, "internal error");
         }
         self.record(code_name(status.code()), 0);
         status
@@ -220,7 +223,7 @@ impl Call<'_> {
         let latency_us = latency.as_micros() as u64;
         tracing::info!(
             client = %self.client,
-            rpc = self.rpc,
+            rpc = ?self.rpc,
             model = %self.model,
             version = %self.version,
             outcome,
@@ -231,10 +234,10 @@ impl Call<'_> {
         );
         self.state
             .metrics
-            .observe(self.rpc, outcome, &self.model, latency);
+            .observe(&self.rpc, outcome, &self.model, latency);
         self.state.audit.record(Event {
             client: self.client,
-            rpc: self.rpc.to_owned(),
+            rpc: self.rpc.into_owned(),
             model: self.model,
             version: self.version,
             outcome: outcome.to_owned(),

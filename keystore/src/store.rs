@@ -289,11 +289,6 @@ impl Store {
         self.shared.write_cache().by_id.insert(*id, key.clone());
         Ok(key)
     }
-
-    pub(crate) fn flush_db(&self) -> Result<()> {
-        self.shared.db.flush()?;
-        Ok(())
-    }
 }
 
 impl Shared {
@@ -379,7 +374,7 @@ impl Tree {
     /// replacing any previous value. Durable when this returns.
     pub fn put(&self, id: &[u8], value: &[u8]) -> Result<()> {
         self.put_unflushed(id, value)?;
-        self.store.flush_db()
+        self.store.flush()
     }
 
     /// Stores several records with one flush (group commit). All are durable
@@ -391,7 +386,7 @@ impl Tree {
         for (id, value) in records {
             self.put_unflushed(id, value)?;
         }
-        self.store.flush_db()
+        self.store.flush()
     }
 
     fn put_unflushed(&self, id: &[u8], value: &[u8]) -> Result<()> {
@@ -442,7 +437,7 @@ impl Tree {
             return Ok(false);
         }
         let existed = self.tree.remove(self.record_hash(id))?.is_some();
-        self.store.flush_db()?;
+        self.store.flush()?;
         Ok(existed)
     }
 
