@@ -60,7 +60,7 @@ fn run(work: &Path) -> Result<(), Box<dyn std::error::Error>> {
     );
     drop((tree, store));
 
-    let hits = count_plaintext(&data, SECRET)?;
+    let hits = count_plaintext(&data, SECRET);
     println!("4. raw scan of the data directory for the plaintext: {hits} hits");
 
     tpm.restart();
@@ -92,16 +92,9 @@ fn run(work: &Path) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Occurrences of `needle` in every file under `dir`.
-fn count_plaintext(dir: &Path, needle: &[u8]) -> std::io::Result<usize> {
-    let mut hits = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            hits += count_plaintext(&path, needle)?;
-        } else {
-            let bytes = std::fs::read(&path)?;
-            hits += bytes.windows(needle.len()).filter(|w| *w == needle).count();
-        }
-    }
-    Ok(hits)
+fn count_plaintext(dir: &Path, needle: &[u8]) -> usize {
+    test_support::files_under(dir)
+        .iter()
+        .map(|(_, bytes)| bytes.windows(needle.len()).filter(|w| *w == needle).count())
+        .sum()
 }

@@ -143,9 +143,8 @@ both_backends!(no_plaintext_reaches_the_disk, |fx| {
         b64.encode(marker).into_bytes(),
         b64url.encode(marker).into_bytes(),
     ];
-    let mut files = 0;
-    scan(&fx.data_dir(), &mut |path, bytes| {
-        files += 1;
+    let files = test_support::files_under(&fx.data_dir());
+    for (path, bytes) in &files {
         for needle in &needles {
             assert!(
                 !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
@@ -153,8 +152,8 @@ both_backends!(no_plaintext_reaches_the_disk, |fx| {
                 path.display()
             );
         }
-    });
-    assert!(files >= 3, "the scan saw the database and the blob");
+    }
+    assert!(files.len() >= 3, "the scan saw the database and the blob");
 });
 
 both_backends!(shredding_a_key_destroys_only_its_records, |fx| {
@@ -327,14 +326,7 @@ fn oversized_inputs_are_refused() {
 /// Opens the database directly (the store must be closed) and runs `f` on
 /// the one tree that holds records, i.e. not the key tree.
 fn with_record_tree(data: &Path, f: impl FnOnce(&sled::Tree)) {
-    // The store was just dropped; sled may hold its lock a moment longer.
-    let db = (0..200)
-        .find_map(|_| {
-            sled::open(data.join("db"))
-                .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(10)))
-                .ok()
-        })
-        .expect("open the database directly");
+    let db = test_support::open_raw_database(data);
     let name = db
         .tree_names()
         .into_iter()
@@ -373,17 +365,6 @@ fn only_blob_file(data: &Path) -> std::path::PathBuf {
         .collect();
     assert_eq!(files.len(), 1);
     files.pop().unwrap()
-}
-
-fn scan(dir: &Path, f: &mut impl FnMut(&Path, &[u8])) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            scan(&path, f);
-        } else {
-            f(&path, &std::fs::read(&path).unwrap());
-        }
-    }
 }
 
 fn getrandom(buf: &mut [u8]) {

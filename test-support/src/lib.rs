@@ -50,3 +50,34 @@ pub fn venv_python() -> PathBuf {
     );
     python
 }
+
+/// Every file under `dir`, with its bytes: what a scan of a stolen disk
+/// would see.
+pub fn files_under(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// Opens a keystore's sled database directly, under the store's back, to
+/// damage it on purpose. The store must be closed; sled may hold the lock
+/// of a handle dropped a moment ago for a little longer, so this retries.
+pub fn open_raw_database(data_dir: &std::path::Path) -> sled::Db {
+    (0..200)
+        .find_map(|_| {
+            sled::open(data_dir.join("db"))
+                .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(10)))
+                .ok()
+        })
+        .expect("open the keystore's database directly")
+}

@@ -3,7 +3,8 @@
 //! in its logs, models that survive a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use tests::{ADMIN, Appliance, files_under};
+use test_support::files_under;
+use tests::{ADMIN, Appliance};
 
 #[test]
 fn the_stock_triton_client_is_served_over_mtls() {
@@ -157,13 +158,7 @@ fn payloads_reach_neither_disk_nor_logs_and_every_call_is_audited() {
 /// Flips a byte in the middle of some record of the largest record tree
 /// (the audit log, by far, in this test).
 fn flip_audit_byte(data: &std::path::Path) {
-    let db = (0..200)
-        .find_map(|_| {
-            sled::open(data.join("db"))
-                .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(10)))
-                .ok()
-        })
-        .unwrap();
+    let db = test_support::open_raw_database(data);
     let tree = db
         .tree_names()
         .into_iter()
