@@ -201,6 +201,53 @@ def exact_integer(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def exact_reference(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model's int8 semantics on float kernels, the same on every CPU: MatMulInteger and
+    ConvInteger as in exact_integer, and QLinearMatMul/QLinearConv as DequantizeLinear, the
+    float op and QuantizeLinear (what the ONNX spec defines them as, up to float rounding before
+    the final requantisation, i.e. at most one output quantisation step). Run it with graph
+    optimisations off (reference_session), or onnxruntime fuses the QDQ pairs straight back into
+    the integer kernels this avoids."""
+    model = exact_integer(model)
+    nodes = []
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in ("QLinearMatMul", "QLinearConv") or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        p = f"_ref{i}"
+        x, xs, xzp, w, ws, wzp, ys, yzp = list(node.input[:8])
+        # A per-channel weight scale dequantises along the output channels: axis 1 of a
+        # MatMul's [K, N] weight, axis 0 of a Conv's [M, C, kh, kw].
+        axis = {"axis": 1 if node.op_type == "QLinearMatMul" else 0} if _rank1(model, ws) else {}
+        nodes.append(helper.make_node("DequantizeLinear", [x, xs, xzp], [f"{p}_x"]))
+        nodes.append(helper.make_node("DequantizeLinear", [w, ws, wzp], [f"{p}_w"], **axis))
+        if node.op_type == "QLinearMatMul":
+            nodes.append(helper.make_node("MatMul", [f"{p}_x", f"{p}_w"], [f"{p}_y"]))
+        else:
+            conv_inputs = [f"{p}_x", f"{p}_w"]
+            if len(node.input) > 8 and node.input[8]:
+                # The int32 bias has scale x_scale * w_scale.
+                nodes.append(helper.make_node("Cast", [node.input[8]], [f"{p}_b"], to=TensorProto.FLOAT))
+                nodes.append(helper.make_node("Mul", [xs, ws], [f"{p}_bs"]))
+                nodes.append(helper.make_node("Mul", [f"{p}_b", f"{p}_bs"], [f"{p}_bf"]))
+                conv_inputs.append(f"{p}_bf")
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            nodes.append(helper.make_node("Conv", conv_inputs, [f"{p}_y"], **attrs))
+        nodes.append(helper.make_node("QuantizeLinear", [f"{p}_y", ys, yzp], list(node.output)))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def reference_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    """One-thread onnxruntime session computing `exact_reference(model)` without fusions."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(exact_reference(model).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def _rank1(model: onnx.ModelProto, name: str) -> bool:
     """Whether initializer `name` is a vector of more than one element."""
     for t in model.graph.initializer:

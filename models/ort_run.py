@@ -1,5 +1,10 @@
 """Runs one ONNX model through onnxruntime (one thread) for the Rust tests' cross-checks.
 
+The reference is the file's exact int8 semantics on onnxruntime's float kernels
+(common.reference_session), not onnxruntime's own int8 kernels: on CPUs without VNNI those
+add products in saturating 16-bit lanes, and a file's outputs would then depend on the CPU
+(digits_mlp_qdq was off by five quantisation steps on an AVX2-only EPYC).
+
 Usage: python ort_run.py MODEL OUT_DIR NAME:DTYPE:D0xD1x...:RAWFILE [...]
 
 Each input is a raw little-endian file of the given dtype (float32, int64, uint8) and shape.
@@ -58,7 +63,10 @@ def session(model_path):
 def main():
     model_path, out_dir, *specs = sys.argv[1:]
     feeds = load_feeds(specs)
-    session_ = session(model_path)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common  # noqa: E402  (beside this file; the benchmark imports this module without it)
+
+    session_ = common.reference_session(onnx.load(model_path))
     results = session_.run(None, feeds)
     outputs = []
     for index, (meta, value) in enumerate(zip(session_.get_outputs(), results)):
