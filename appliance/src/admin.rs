@@ -16,7 +16,9 @@ use crate::error::AppError;
 use crate::grants::Grant as DomainGrant;
 use crate::identity;
 use crate::models::{self, MAX_MODEL_BYTES, ModelName};
+use crate::push::PushSource;
 use crate::state::{AppState, Need};
+use crate::updates::{self, Progress};
 
 /// The admin service.
 pub struct AdminService {
@@ -126,6 +128,13 @@ impl Admin for AdminService {
         let call = self
             .state
             .begin(&request, "LoadModel", Need::Admin, "", 0)?;
+        if !self.state.config.models.allow_unsigned {
+            return Err(call.fail(AppError::Refused(
+                "unsigned model uploads are disabled on this appliance ([models] allow_unsigned = \
+                 false): publish a signed image and use `provision model update`"
+                    .into(),
+            )));
+        }
         let mut stream = request.into_inner();
         let result = async {
             let mut header = None;
@@ -218,6 +227,179 @@ impl Admin for AdminService {
         call.finish(Ok(ListModelsResponse { models }))
     }
 
+    type UpdateModelsStream = ReceiverStream<Result<UpdateEvent, Status>>;
+
+    async fn update_models(
+        &self,
+        request: Request<Streaming<UpdateRequest>>,
+    ) -> Result<Response<Self::UpdateModelsStream>, Status> {
+        let call = self
+            .state
+            .begin(&request, "UpdateModels", Need::Admin, "", 0)?;
+        let client = call.client().to_owned();
+        let mut stream = request.into_inner();
+        let start = match stream.message().await {
+            Ok(Some(UpdateRequest {
+                message: Some(update_request::Message::Start(start)),
+            })) => start,
+            Ok(_) => {
+                return Err(call.fail(AppError::InvalidArgument(
+                    "the first UpdateModels message must be `start`".into(),
+                )));
+            }
+            Err(status) => {
+                return Err(call.fail(AppError::InvalidArgument(status.message().into())));
+            }
+        };
+        let models = match start
+            .models
+            .iter()
+            .map(|m| ModelName::parse(m).map(|n| n.as_str().to_owned()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(m) => m,
+            Err(e) => return Err(call.fail(e)),
+        };
+        let stall = std::time::Duration::from_secs(self.state.config.models.update_stall_timeout_s);
+        let (events, rx) = tokio::sync::mpsc::channel(16);
+        let runtime = tokio::runtime::Handle::current();
+        use images::tuf::source::{DirSource, HttpSource, RepositorySource};
+        use update_start::Source;
+        let source: Arc<dyn RepositorySource> = match start.source {
+            Some(Source::Push(true)) => {
+                let (answers_tx, answers) = std::sync::mpsc::channel();
+                tokio::spawn(async move {
+                    // Only answers to our requests are expected from here on.
+                    loop {
+                        let answer = match stream.message().await {
+                            Ok(Some(UpdateRequest {
+                                message: Some(update_request::Message::File(file)),
+                            })) => Ok(file),
+                            Ok(Some(_)) => Err("a message other than a file answer".to_owned()),
+                            Ok(None) => break,
+                            Err(status) => Err(status.message().to_owned()),
+                        };
+                        let last = answer.is_err();
+                        if answers_tx.send(answer).is_err() || last {
+                            break;
+                        }
+                    }
+                });
+                let max_message = self.state.config.server.max_message_bytes;
+                Arc::new(PushSource::new(
+                    events.clone(),
+                    answers,
+                    runtime.clone(),
+                    stall,
+                    max_message,
+                    &client,
+                ))
+            }
+            Some(Source::MirrorUrl(url)) => match HttpSource::new(&url) {
+                Ok(s) => Arc::new(s),
+                Err(e) => return Err(call.fail(AppError::InvalidArgument(e.to_string()))),
+            },
+            Some(Source::LocalDir(dir)) => {
+                let path = std::path::PathBuf::from(&dir);
+                if !path.is_absolute() || !path.join("metadata").is_dir() {
+                    return Err(call.fail(AppError::InvalidArgument(format!(
+                        "local_dir {dir:?}: an absolute path to a repository (with metadata/) on the appliance"
+                    ))));
+                }
+                Arc::new(DirSource::new(&path))
+            }
+            _ => {
+                return Err(call.fail(AppError::InvalidArgument(
+                    "start.source: one of push, mirror_url, local_dir".into(),
+                )));
+            }
+        };
+        // The stream is accepted (and audited as such); every step of the
+        // update is audited on its own, with this client's name.
+        call.succeed(0);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let progress_events = events.clone();
+            let work = tokio::task::spawn_blocking(move || {
+                let request = updates::UpdateRequest { client, models };
+                state.updates.update(&state, source, &request, &mut |p| {
+                    // A client that stopped reading only misses progress.
+                    let _ = runtime
+                        .block_on(progress_events.send_timeout(Ok(progress_to_wire(p)), stall));
+                })
+            })
+            .await;
+            let failure = match work {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(crate::error::to_status(&e)),
+                Err(e) => {
+                    tracing::error!(error = %e, "the update task failed");
+                    Some(Status::internal("the update failed; see the appliance log"))
+                }
+            };
+            if let Some(status) = failure {
+                let _ = events.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn rollback_model(
+        &self,
+        request: Request<RollbackModelRequest>,
+    ) -> Result<Response<RollbackModelResponse>, Status> {
+        let call = self
+            .state
+            .begin(&request, "RollbackModel", Need::Admin, "", 0)?;
+        let client = call.client().to_owned();
+        let name = request.into_inner().name;
+        let state = self.state.clone();
+        let result = blocking(move || {
+            let name = ModelName::parse(&name)?;
+            state.updates.rollback(&state, name.as_str(), &client)
+        })
+        .await;
+        call.finish(result.map(|i| RollbackModelResponse {
+            release: i.release,
+            version: i.version,
+        }))
+    }
+
+    async fn list_model_lines(
+        &self,
+        request: Request<ListModelLinesRequest>,
+    ) -> Result<Response<ListModelLinesResponse>, Status> {
+        let call = self
+            .state
+            .begin(&request, "ListModelLines", Need::Admin, "", 0)?;
+        let state = self.state.clone();
+        let result = blocking(move || state.updates.lines(&state)).await;
+        call.finish(result.map(|lines| {
+            ListModelLinesResponse {
+                lines: lines
+                    .into_iter()
+                    .map(|v| {
+                        let s = v.state;
+                        ModelLine {
+                            active_release: s.active.as_ref().map_or(0, |a| a.release),
+                            active_version: s.active.as_ref().map_or(0, |a| a.version),
+                            active_digest: s
+                                .active
+                                .as_ref()
+                                .map_or(String::new(), |a| a.digest.clone()),
+                            previous_release: s.previous.as_ref().map_or(0, |a| a.release),
+                            previous_version: s.previous.as_ref().map_or(0, |a| a.version),
+                            state: v.phase,
+                            floor: s.floor,
+                            last: s.last,
+                            name: s.name,
+                        }
+                    })
+                    .collect(),
+            }
+        }))
+    }
+
     type ExportAuditStream = ReceiverStream<Result<AuditRecord, Status>>;
 
     async fn export_audit(
@@ -247,6 +429,7 @@ impl Admin for AdminService {
                 bytes_out: r.event.bytes_out,
                 latency_us: r.event.latency_us,
                 chain_hash: r.hash,
+                detail: r.event.detail,
             })
             .collect();
         call.succeed(
@@ -265,4 +448,36 @@ impl Admin for AdminService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// An update's progress as the wire carries it.
+fn progress_to_wire(p: Progress) -> UpdateEvent {
+    use update_event::Event;
+    let event = match p {
+        Progress::Verified {
+            source,
+            versions,
+            expires,
+            targets,
+        } => Event::Verified(UpdateVerified {
+            source,
+            root_version: versions[0],
+            timestamp_version: versions[1],
+            snapshot_version: versions[2],
+            targets_version: versions[3],
+            expires: expires.0,
+            expiring_role: expires.1,
+            targets: targets as u32,
+        }),
+        Progress::Step { model, message } => Event::Step(UpdateStep { model, message }),
+        Progress::Outcome(o) => Event::Outcome(UpdateOutcome {
+            model: o.model,
+            result: o.kind.as_str().into(),
+            release: o.release,
+            version: o.version,
+            serving_release: o.serving_release,
+            message: o.message,
+        }),
+    };
+    UpdateEvent { event: Some(event) }
 }

@@ -50,6 +50,11 @@ pub struct Event {
     pub bytes_out: u64,
     /// Time spent in the server.
     pub latency_us: u64,
+    /// Why, for outcomes that need a reason (update refusals and
+    /// rollbacks). Never payload. Left out of records without one, so
+    /// records written before it existed hash as they did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// A record as stored: the event, its place and time, and its chain link.

@@ -33,6 +33,30 @@ pub struct Config {
     /// Defaults for client grants.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Model installation: signed updates and the development escape hatch.
+    #[serde(default)]
+    pub models: ModelsConfig,
+}
+
+/// How models get onto the appliance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Accept raw ONNX uploads (`provision model load`), which skip the
+    /// vendor's signature, freshness and the trial. Development only.
+    pub allow_unsigned: bool,
+    /// How long an update waits for the next file (or chunk) from a pushed
+    /// repository or a mirror before giving up, in seconds.
+    pub update_stall_timeout_s: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            allow_unsigned: false,
+            update_stall_timeout_s: 60,
+        }
+    }
 }
 
 /// The mTLS listener.
@@ -203,6 +227,9 @@ impl Config {
                  positive"
                     .into(),
             );
+        }
+        if self.models.update_stall_timeout_s == 0 || self.models.update_stall_timeout_s > 3600 {
+            return Err("models.update_stall_timeout_s: must be between 1 and 3600".into());
         }
         if self.inference.queue == 0 {
             return Err("inference.queue: must be at least 1".into());

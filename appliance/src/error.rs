@@ -29,6 +29,20 @@ pub enum AppError {
     /// The keystore failed.
     #[error(transparent)]
     Keystore(#[from] keystore::Error),
+    /// The request cannot be carried out in the appliance's current state:
+    /// an update refused (untrusted, stale, incompatible or failing image),
+    /// a rollback below the floor, unsigned uploads disabled.
+    #[error("{0}")]
+    Refused(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A dependency is unreachable (an update mirror, a stalled push).
+    #[error("{0}")]
+    Unavailable(String),
+    /// An update's image or repository failed a check.
+    #[error(transparent)]
+    Update(#[from] images::Error),
     /// Anything else that is our fault.
     #[error("{0}")]
     Internal(String),
@@ -52,6 +66,14 @@ pub fn to_status(error: &AppError) -> Status {
             E::Execution(_) => Code::Internal,
             // Every remaining engine error describes a bad request.
             _ => Code::InvalidArgument,
+        },
+        AppError::Refused(_) => Code::FailedPrecondition,
+        AppError::NotFound(_) => Code::NotFound,
+        AppError::Unavailable(_) => Code::Unavailable,
+        AppError::Update(e) => match e {
+            images::Error::Source(_) => Code::Unavailable,
+            images::Error::Io { .. } | images::Error::Key { .. } => Code::Internal,
+            _ => Code::FailedPrecondition,
         },
         AppError::Keystore(_) | AppError::Internal(_) => Code::Internal,
     };

@@ -18,9 +18,11 @@ pub mod identity;
 pub mod metrics;
 pub mod models;
 pub mod oip;
+pub mod push;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod updates;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,14 +69,19 @@ pub fn start(config: Config, store: Store) -> Result<(Arc<AppState>, AuditWriter
         n => Pool::new(n, config.inference.queue),
     };
     let (audit, writer) = AuditLog::start(&store)?;
-    tracing::info!(
-        site = %tls.identity().site,
-        appliance = %tls.identity().appliance_id,
-        models = loaded,
-        workers = pool.threads(),
-        backend = store.backend_kind().name(),
-        "appliance ready"
-    );
+    let update_root = updates::root_version(&store)?;
+    if config.models.allow_unsigned {
+        tracing::warn!(
+            "UNSIGNED MODELS ALLOWED ([models] allow_unsigned = true): raw uploads skip the vendor's \
+             signature, freshness checks and the trial; never on a production appliance"
+        );
+    }
+    if update_root.is_none() {
+        tracing::warn!(
+            "no update root installed: signed model updates are refused until \
+             `appliance identity install --update-root FILE`"
+        );
+    }
     let state = AppState {
         store,
         registry,
@@ -83,8 +90,22 @@ pub fn start(config: Config, store: Store) -> Result<(Arc<AppState>, AuditWriter
         tls,
         audit,
         metrics: Metrics::default(),
+        updates: updates::Updates::new(Box::new(
+            images::tuf::verify::ToughVerifier::with_default_scratch(),
+        )),
         config,
     };
+    let signed = state.updates.restore(&state)?;
+    tracing::info!(
+        site = %state.tls.identity().site,
+        appliance = %state.tls.identity().appliance_id,
+        signed_models = signed,
+        unsigned_models = loaded,
+        update_root = update_root.unwrap_or(0),
+        workers = state.pool.threads(),
+        backend = state.store.backend_kind().name(),
+        "appliance ready"
+    );
     Ok((Arc::new(state), writer))
 }
 

@@ -69,17 +69,26 @@ enum IdentityCommand {
         insecure_software_keystore: bool,
     },
     /// Install the certificate the site CA issued for the CSR, and the site
-    /// CA that issues client certificates (and optionally a first CRL).
+    /// CA that issues client certificates (and optionally a first CRL); and
+    /// the vendor's update root.
+    #[command(long_about = "Install the appliance's identity and trust anchors.\n\n\
+        --cert and --ca: the certificate the site CA issued for `identity csr`, and the site CA \
+        (which issues client certificates). --update-root: the vendor's TUF root.json, the trust \
+        anchor of signed model updates; it can be installed once, and afterwards changes only \
+        through root rotation inside a signed update.")]
     Install {
         /// The configuration file.
         #[arg(long)]
         config: PathBuf,
         /// The appliance certificate (PEM).
-        #[arg(long)]
-        cert: PathBuf,
+        #[arg(long, requires = "ca", required_unless_present = "update_root")]
+        cert: Option<PathBuf>,
         /// The site CA certificate (PEM).
-        #[arg(long)]
-        ca: PathBuf,
+        #[arg(long, requires = "cert")]
+        ca: Option<PathBuf>,
+        /// The vendor's root.json (`model-image keys init` writes it).
+        #[arg(long, value_name = "FILE")]
+        update_root: Option<PathBuf>,
         /// A CRL signed by the site CA (PEM or DER).
         #[arg(long)]
         crl: Option<PathBuf>,
@@ -171,9 +180,16 @@ fn main() -> ExitCode {
                     ca,
                     crl,
                     admin,
+                    update_root,
                     ..
                 },
-        } => install(&config, &cert, &ca, crl.as_deref(), admin),
+        } => install(
+            &config,
+            cert.as_deref().zip(ca.as_deref()),
+            crl.as_deref(),
+            admin,
+            update_root.as_deref(),
+        ),
         Command::Audit { .. } => verify(&config),
     };
     match result {
@@ -260,21 +276,31 @@ fn csr(
 
 fn install(
     config: &Config,
-    cert: &std::path::Path,
-    ca: &std::path::Path,
+    cert_and_ca: Option<(&std::path::Path, &std::path::Path)>,
     crl: Option<&std::path::Path>,
     admin: Option<String>,
+    update_root: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let read =
         |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let store = appliance::open_store(config).context("opening the keystore")?;
-    let (site, id) = appliance::identity::install(&store, &read(cert)?, &read(ca)?)?;
+    if let Some((cert, ca)) = cert_and_ca {
+        let (site, id) = appliance::identity::install(&store, &read(cert)?, &read(ca)?)?;
+        println!("identity installed: appliance `{id}` of site `{site}`");
+    }
+    if let Some(root) = update_root {
+        let version = appliance::updates::install_root(&store, &read(root)?)
+            .with_context(|| format!("{}", root.display()))?;
+        println!(
+            "update root installed: {} (root version {version})",
+            root.display()
+        );
+    }
     if let Some(crl) = crl {
         let identity = appliance::identity::load(&store)?;
         let crl = appliance::identity::parse_crl(&read(crl)?, &identity.client_ca)?;
         appliance::identity::store_crl(&store, &crl)?;
     }
-    println!("identity installed: appliance `{id}` of site `{site}`");
     if let Some(client) = admin {
         let grants = appliance::grants::Grants::load(store.clone(), config.limits.clone())?;
         grants.put(appliance::grants::Grant {

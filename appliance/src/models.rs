@@ -53,12 +53,27 @@ impl ModelName {
     }
 }
 
-fn purpose(name: &str) -> String {
+/// The data-key purpose of a model line: its blobs, raw or signed, are
+/// sealed under it.
+pub(crate) fn purpose(name: &str) -> String {
     format!("model/{name}")
 }
 
 fn blob(name: &str, version: u64, part: &str) -> String {
     format!("model/{name}/{version}/{part}")
+}
+
+/// Whether unsigned uploads of line `name` are installed.
+pub(crate) fn has_unsigned(store: &Store, name: &str) -> Result<bool, AppError> {
+    for record in store.tree(INDEX, INDEX_PURPOSE)?.iter() {
+        let (_, value) = record?;
+        let entry: Installed = serde_json::from_slice(&value)
+            .map_err(|e| AppError::Internal(format!("model index: {e}")))?;
+        if entry.name == name {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Loads a model (refusing it if the engine cannot run it), then stores it
@@ -72,6 +87,12 @@ pub fn install(
     onnx: &[u8],
     tokenizer_json: Option<&[u8]>,
 ) -> Result<(), AppError> {
+    if crate::updates::has_line(store, name.as_str())? {
+        return Err(AppError::Refused(format!(
+            "model `{}` is installed from signed images; an unsigned upload may not replace it",
+            name.as_str()
+        )));
+    }
     let source = ModelSource {
         onnx,
         tokenizer_json,
@@ -144,7 +165,8 @@ pub fn restore_all(store: &Store, registry: &Registry, limits: Limits) -> Result
     Ok(loaded)
 }
 
-fn read_blob(store: &Store, name: &str) -> Result<Zeroizing<Vec<u8>>, AppError> {
+/// A whole blob, decrypted into memory that is wiped when dropped.
+pub(crate) fn read_blob(store: &Store, name: &str) -> Result<Zeroizing<Vec<u8>>, AppError> {
     let mut reader = store.open_blob(name)?;
     let mut bytes = Zeroizing::new(Vec::new());
     reader

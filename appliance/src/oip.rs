@@ -275,7 +275,22 @@ impl GrpcInferenceService for InferenceService {
         call.finish(Ok(ServerMetadataResponse {
             name: "appliance".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec![],
+            // Clients and auditors can see a development posture: models
+            // that skip signatures, and a keystore without the TPM.
+            extensions: [
+                (
+                    self.state.config.models.allow_unsigned,
+                    "unsigned_models_allowed",
+                ),
+                (
+                    self.state.store.backend_kind() != keystore::BackendKind::Tpm,
+                    "insecure_software_keystore",
+                ),
+            ]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_owned())
+            .collect(),
         }))
     }
 

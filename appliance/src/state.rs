@@ -16,6 +16,7 @@ use crate::grants::Grants;
 use crate::identity::ClientId;
 use crate::metrics::Metrics;
 use crate::tls::TlsState;
+use crate::updates::Updates;
 
 /// The client identity of a connection, attached to each of its requests.
 /// An error means the certificate chained to the site CA but did not name
@@ -39,6 +40,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// Counters.
     pub metrics: Metrics,
+    /// Signed model updates.
+    pub updates: Updates,
     /// The configuration.
     pub config: Config,
 }
@@ -244,13 +247,32 @@ impl Call<'_> {
             bytes_in: self.bytes_in,
             bytes_out,
             latency_us,
+            detail: String::new(),
         });
+    }
+
+    /// The caller's client name (`-` if it has none).
+    pub fn client(&self) -> &str {
+        &self.client
     }
 }
 
 /// Names from clients, shortened before they reach logs and the audit log.
 pub fn clip(s: &str) -> String {
     const MAX: usize = 128;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// A reason for the audit log, shortened to a bound.
+pub fn clip_detail(s: &str) -> String {
+    const MAX: usize = 512;
     if s.len() <= MAX {
         return s.to_owned();
     }

@@ -1,7 +1,26 @@
-//! Signed model images: the image format, TUF repository building and signing
-//! (vendor side) and verification (appliance side), golden test vectors.
+//! Signed model images: the image format, golden test vectors, the
+//! vendor's TUF repository (keys, signing) and the appliance's verification
+//! of one.
 //!
-//! Built so far: the `model-image check` command (`src/bin/model-image.rs`),
-//! which loads a model exactly as the appliance would. The image format and
-//! signing arrive with the signed-updates issue.
+//! - [`manifest`] and [`image`]: one file per model release — a manifest
+//!   (model line, version, release counter, compatibility, budgets, parts)
+//!   followed by the ONNX model, its tokenizer and its golden vectors.
+//!   Parsed, never trusted: every field bounded, every part hashed.
+//! - [`vectors`]: golden test vectors, recorded by `model-image build` and
+//!   checked by the appliance's trial before an image takes traffic.
+//! - [`tuf`]: the vendor's key directory and repository
+//!   ([`tuf::repo`]), sources of a repository's files ([`tuf::source`]),
+//!   and the appliance's verifier over tough ([`tuf::verify`]).
+//!
+//! Synchronous, like the other libraries: tough is async, and
+//! [`tuf::verify::ToughVerifier`] runs it on a private current-thread
+//! runtime per refresh (see ARCHITECTURE.md).
 #![forbid(unsafe_code)]
+
+pub mod error;
+pub mod image;
+pub mod manifest;
+pub mod tuf;
+pub mod vectors;
+
+pub use error::{Error, Result};

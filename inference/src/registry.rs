@@ -155,6 +155,23 @@ impl Registry {
         }
     }
 
+    /// Makes `model` the only version of line `name`, atomically: requests
+    /// that start afterwards get it; requests in flight keep the model they
+    /// hold.
+    pub fn replace_line(&self, name: &str, version: u64, model: Arc<Model>) {
+        let mut versions = BTreeMap::new();
+        versions.insert(version, Slot::Ready(model));
+        self.write().insert(name.to_owned(), versions);
+    }
+
+    /// Records that version `version` of `name` could not be loaded.
+    pub fn set_failed(&self, name: &str, version: u64, why: &str) {
+        self.write()
+            .entry(name.to_owned())
+            .or_default()
+            .insert(version, Slot::Failed(why.to_owned()));
+    }
+
     /// Removes a version. Requests running on it finish normally.
     pub fn unload(&self, name: &str, version: u64) -> bool {
         let mut lines = self.write();

@@ -213,6 +213,9 @@ pub struct AuditEntry {
     pub latency_us: u64,
     /// Hash chaining this record to the previous one (hex).
     pub chain_hash: String,
+    /// Why, for update refusals and rollbacks.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 impl From<wire::admin::AuditRecord> for AuditEntry {
@@ -229,6 +232,7 @@ impl From<wire::admin::AuditRecord> for AuditEntry {
             bytes_out: r.bytes_out,
             latency_us: r.latency_us,
             chain_hash: r.chain_hash,
+            detail: r.detail,
         }
     }
 }
@@ -412,6 +416,89 @@ impl AdminSession {
             .collect())
     }
 
+    /// Signed model lines and their state.
+    pub async fn list_model_lines(&mut self) -> Result<Vec<wire::admin::ModelLine>> {
+        let resp = self
+            .client
+            .list_model_lines(wire::admin::ListModelLinesRequest {})
+            .await
+            .map_err(rpc_error("ListModelLines"))?;
+        Ok(resp.into_inner().lines)
+    }
+
+    /// Switches a signed line back to its previous release; returns
+    /// (release, version) now serving.
+    pub async fn rollback_model(&mut self, name: &ModelName) -> Result<(u64, u64)> {
+        let resp = self
+            .client
+            .rollback_model(wire::admin::RollbackModelRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(rpc_error("RollbackModel"))?
+            .into_inner();
+        Ok((resp.release, resp.version))
+    }
+
+    /// Runs a signed update from `source` for `models` (empty: every line
+    /// the repository holds). Each event the appliance reports is handed to
+    /// `on_event`; for a pushed repository, the appliance's requests for
+    /// files are answered here from the directory. Returns the per-line
+    /// outcomes; an error means the repository was refused as a whole.
+    pub async fn update_models(
+        &mut self,
+        source: UpdateSource,
+        models: Vec<String>,
+        mut on_event: impl FnMut(&wire::admin::update_event::Event),
+    ) -> Result<Vec<wire::admin::UpdateOutcome>> {
+        use wire::admin::update_event::Event;
+        use wire::admin::update_start::Source;
+        use wire::admin::{UpdateRequest, UpdateStart, update_request::Message};
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (wire_source, repo) = match source {
+            UpdateSource::Push(dir) => (Source::Push(true), Some(dir)),
+            UpdateSource::Mirror(url) => (Source::MirrorUrl(url), None),
+            UpdateSource::LocalDir(dir) => (Source::LocalDir(dir), None),
+        };
+        let start = UpdateRequest {
+            message: Some(Message::Start(UpdateStart {
+                source: Some(wire_source),
+                models,
+            })),
+        };
+        let _ = tx.send(start).await;
+        let mut events = self
+            .client
+            .update_models(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(rpc_error("UpdateModels"))?
+            .into_inner();
+        let mut outcomes = Vec::new();
+        while let Some(event) = events.message().await.map_err(rpc_error("UpdateModels"))? {
+            let Some(event) = event.event else { continue };
+            match (&event, &repo) {
+                (Event::Fetch(fetch), Some(dir)) => {
+                    let file = read_repository_piece(dir, fetch)?;
+                    if tx
+                        .send(UpdateRequest {
+                            message: Some(Message::File(file)),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                (Event::Outcome(o), _) => {
+                    outcomes.push(o.clone());
+                    on_event(&event);
+                }
+                _ => on_event(&event),
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// Streams audit records from sequence `from` on into `sink`, in order;
     /// returns how many were delivered. Stops at the first error of the
     /// stream or of `sink`.
@@ -524,4 +611,65 @@ mod tests {
         // Without a tokenizer the ONNX pieces are all there is.
         assert_eq!(model_chunks(&name, 1, vec![1; 10], Vec::new()).count(), 1);
     }
+}
+
+/// Where an update's repository is.
+#[derive(Debug, Clone)]
+pub enum UpdateSource {
+    /// A repository directory here, pushed over the admin stream.
+    Push(std::path::PathBuf),
+    /// A LAN mirror the appliance reads (`http://…`).
+    Mirror(String),
+    /// A directory on the appliance itself (e.g. mounted USB media).
+    LocalDir(String),
+}
+
+/// Reads the piece of a repository file the appliance asked for. Only
+/// `metadata/<name>` and `targets/<name>` with flat names are served.
+fn read_repository_piece(
+    dir: &Path,
+    fetch: &wire::admin::FetchFile,
+) -> Result<wire::admin::RepositoryFile> {
+    use std::io::{Read, Seek, SeekFrom};
+    let answer = |data: Vec<u8>, eof: bool, missing: bool| wire::admin::RepositoryFile {
+        path: fetch.path.clone(),
+        offset: fetch.offset,
+        data,
+        eof,
+        missing,
+    };
+    let flat = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+    };
+    let Some((folder, name)) = fetch.path.split_once('/') else {
+        return Ok(answer(Vec::new(), true, true));
+    };
+    if !matches!(folder, "metadata" | "targets") || !flat(name) {
+        return Ok(answer(Vec::new(), true, true));
+    }
+    let path = dir.join(folder).join(name);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(answer(Vec::new(), true, true));
+        }
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("read", &path, e))?
+        .len();
+    let length = fetch.length.min(MODEL_CHUNK_LEN as u64 * 4);
+    file.seek(SeekFrom::Start(fetch.offset.min(size)))
+        .map_err(|e| Error::io("read", &path, e))?;
+    let mut data = Vec::with_capacity(length as usize);
+    file.take(length)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io("read", &path, e))?;
+    let eof = fetch.offset + data.len() as u64 >= size;
+    Ok(answer(data, eof, false))
 }

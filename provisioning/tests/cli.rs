@@ -490,6 +490,8 @@ fn help_for_every_command() {
         &["grant", "list"],
         &["grant", "delete"],
         &["audit", "export"],
+        &["model", "update"],
+        &["model", "rollback"],
         &["model", "load"],
         &["model", "list"],
         &["model", "unload"],

@@ -65,6 +65,30 @@ type AuditStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<AuditRecord, S
 
 #[tonic::async_trait]
 impl Admin for FakeAdmin {
+    type UpdateModelsStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<UpdateEvent, Status>> + Send>>;
+
+    async fn update_models(
+        &self,
+        _req: Request<tonic::Streaming<UpdateRequest>>,
+    ) -> Result<Response<Self::UpdateModelsStream>, Status> {
+        Err(Status::unimplemented("not in the stand-in"))
+    }
+
+    async fn rollback_model(
+        &self,
+        _req: Request<RollbackModelRequest>,
+    ) -> Result<Response<RollbackModelResponse>, Status> {
+        Err(Status::unimplemented("not in the stand-in"))
+    }
+
+    async fn list_model_lines(
+        &self,
+        _req: Request<ListModelLinesRequest>,
+    ) -> Result<Response<ListModelLinesResponse>, Status> {
+        Ok(Response::new(ListModelLinesResponse { lines: vec![] }))
+    }
+
     async fn put_grant(&self, req: Request<Grant>) -> Result<Response<PutGrantResponse>, Status> {
         self.note_peer(&req);
         let grant = req.into_inner();
@@ -212,6 +236,7 @@ impl Admin for FakeAdmin {
                     bytes_out: 40,
                     latency_us: 900 + sequence,
                     chain_hash: format!("{sequence:064x}"),
+                    detail: String::new(),
                 })
             })
             .collect();
@@ -263,6 +288,9 @@ struct Env {
 /// A site, an appliance certificate for 127.0.0.1, an admin client bundle,
 /// and the fake admin server serving on a free loopback port.
 async fn setup() -> Env {
+    // rustls is built with both ring and aws-lc-rs in this workspace (tough
+    // brings the latter), so the stand-in server needs a default chosen.
+    provisioning::admin::install_tls13_provider();
     let tmp = tempfile::tempdir().unwrap();
     let site = tmp.path().join("site");
     let admin = tmp.path().join("admin");

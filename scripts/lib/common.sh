@@ -6,8 +6,10 @@ export ROOT
 
 # Debian packages the build and the tests need: the TPM stack (swtpm, the
 # TSS libraries tss-esapi links against, tpm2-tools for independent checks),
-# openssl (the crypto benchmark's baseline) and strace (the no-outbound test).
-SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace)
+# openssl (the crypto benchmark's baseline), strace (the no-outbound test) and
+# faketime (the TUF client's expiry tests run under it, as the TUF conformance
+# suite does).
+SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace faketime)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -7,8 +7,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // fixtures fail loudly
 
 mod swtpm;
+mod vendor;
 
 pub use swtpm::Swtpm;
+pub use vendor::{Vendor, golden_inputs};
 
 use std::path::PathBuf;
 

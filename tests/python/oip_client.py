@@ -18,6 +18,10 @@ Commands:
                              instead of HTTP/2; JSON {closed_by_server}
   idle COUNT SECONDS         COUNT TLS sessions that complete the handshake and then say
                              nothing for SECONDS; JSON {opened, still_open}
+  load THREADS                THREADS clients (one connection each) calling digits in a loop
+                             until a line arrives on stdin; JSON {requests, errors (by code),
+                             versions: {version: {count, first, last}}} (unix times of the
+                             first and last answer from each model version)
   raw MODEL INPUT DATATYPE SHAPE NBYTES [--fill HEX]
                              one hand-built ModelInferRequest through the package's own
                              compiled protocol (service_pb2), JSON {ok, code, message}
@@ -277,6 +281,47 @@ def idle(args):
     print(json.dumps({"opened": len(sessions), "still_open": still_open}))
 
 
+def load(args):
+    import threading
+    import time
+
+    stop = threading.Event()
+    lock = threading.Lock()
+    totals = {"requests": 0, "errors": {}, "versions": {}, "messages": {}}
+    x = np.zeros((1, 1, 8, 8), dtype=np.float32)
+
+    def worker():
+        c = client(args)
+        inp = grpcclient.InferInput("input", [1, 1, 8, 8], "FP32")
+        inp.set_data_from_numpy(x)
+        while not stop.is_set():
+            try:
+                result = c.infer("digits", [inp])
+                version = result.get_response().model_version
+                now = time.time()
+                with lock:
+                    totals["requests"] += 1
+                    v = totals["versions"].setdefault(version, {"count": 0, "first": now, "last": now})
+                    v["count"] += 1
+                    v["last"] = now
+            except InferenceServerException as e:
+                with lock:
+                    totals["requests"] += 1
+                    code = code_of(e)
+                    totals["errors"][code] = totals["errors"].get(code, 0) + 1
+                    totals["messages"][code] = e.message()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.threads)]
+    for t in threads:
+        t.start()
+    print("running", flush=True)
+    sys.stdin.readline()
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    print(json.dumps(totals))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True)
@@ -308,11 +353,13 @@ def main():
     ct.add_argument("rpc")
     g = sub.add_parser("tls-garbage")
     g.add_argument("nbytes", type=int)
+    lo = sub.add_parser("load")
+    lo.add_argument("threads", type=int)
     i = sub.add_parser("idle")
     i.add_argument("count", type=int)
     i.add_argument("seconds", type=float)
     args = p.parse_args()
-    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw}
+    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load}
     commands[args.command](args)
 
 

@@ -18,8 +18,10 @@ use provisioning::{
     ApplianceId, CertificateRequest, ClientName, Passphrase, ServerNames, Site, SiteName,
     UnlockedSite, Validity,
 };
+use std::sync::OnceLock;
+
 use tempfile::TempDir;
-use test_support::{Swtpm, models_dir, venv_python, workspace_root};
+use test_support::{Swtpm, Vendor, venv_python, workspace_root};
 
 /// The site name every test appliance belongs to.
 pub const SITE: &str = "e2e-site";
@@ -57,10 +59,44 @@ pub struct Appliance {
     child: Option<Child>,
 }
 
+/// The vendor every fixture trusts, made once per test binary: keys and a
+/// repository holding the reference models as signed images, `digits`
+/// (int8 CNN) and `minilm` (int8, with its tokenizer), both release 1,
+/// version 1. Lives in `target/tmp/e2e-vendor-<test binary>`, remade at each
+/// run.
+pub fn vendor() -> &'static Vendor {
+    static VENDOR: OnceLock<Vendor> = OnceLock::new();
+    VENDOR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        let dir = workspace_root()
+            .join("target/tmp")
+            .join(format!("e2e-vendor-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let v = Vendor::new(&binary("model-image"), &dir, &[]);
+        let digits = v.build("digits", "digits_cnn_qoperator.onnx", 1, 1, &[]);
+        let minilm = v.build("minilm", "minilm_dynamic.onnx", 1, 1, &[]);
+        v.add(&[&digits, &minilm], &[]);
+        v
+    })
+}
+
 impl Appliance {
-    /// An enrolled appliance, started, with no models and one admin.
-    /// `extra` is appended to the `[server]` section of its configuration.
+    /// An enrolled appliance, started, with no models and one admin; it
+    /// trusts [`vendor`]'s update root. `extra` is appended to the
+    /// `[server]` section of its configuration.
     pub fn start(extra_server_config: &str) -> Appliance {
+        Appliance::start_with(extra_server_config, "", Some(&vendor().root_json()))
+    }
+
+    /// As [`Appliance::start`], with `extra_config` appended after the
+    /// configuration's last section (e.g. a `[models]` table) and the given
+    /// update root (none: signed updates are refused).
+    pub fn start_with(
+        extra_server_config: &str,
+        extra_config: &str,
+        update_root: Option<&Path>,
+    ) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         let tpm = Swtpm::start(&dir.path().join("swtpm"));
         let site_name: SiteName = SITE.parse().unwrap();
@@ -73,7 +109,7 @@ impl Appliance {
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server_config}\n\
                  [keystore]\ndata_dir = \"{}\"\nbackend = \"tpm\"\ntcti = \"{}\"\npcrs = \"sha256:16\"\n\
-                 [inference]\nworkers = 2\n",
+                 [inference]\nworkers = 2\n{extra_config}\n",
                 dir.path().join("data").display(),
                 tpm.tcti()
             ),
@@ -110,14 +146,17 @@ impl Appliance {
                     .unwrap();
                 let cert_path = config.with_file_name("appliance-cert.pem");
                 std::fs::write(&cert_path, cert.cert_pem()).unwrap();
-                run_ok(
-                    appliance_cmd(&config)
-                        .args(["identity", "install", "--cert"])
-                        .arg(&cert_path)
-                        .arg("--ca")
-                        .arg(site.dir().join("ca.pem"))
-                        .args(["--admin", ADMIN]),
-                );
+                let mut install = appliance_cmd(&config);
+                install
+                    .args(["identity", "install", "--cert"])
+                    .arg(&cert_path)
+                    .arg("--ca")
+                    .arg(site.dir().join("ca.pem"))
+                    .args(["--admin", ADMIN]);
+                if let Some(root) = update_root {
+                    install.arg("--update-root").arg(root);
+                }
+                run_ok(&mut install);
                 site
             },
             address: "127.0.0.1:0".parse().unwrap(),
@@ -260,33 +299,37 @@ impl Appliance {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Loads the reference models as `digits` (int8 CNN) and `minilm`
-    /// (int8, with its tokenizer).
-    pub fn load_reference_models(&self) {
-        let models = models_dir();
-        let path = |f: &str| models.join(f).to_str().unwrap().to_owned();
-        self.provision_ok(&[
-            "model",
-            "load",
-            "--name",
-            "digits",
-            "--version",
-            "1",
-            "--onnx",
-            &path("digits_cnn_qoperator.onnx"),
-        ]);
-        self.provision_ok(&[
-            "model",
-            "load",
-            "--name",
-            "minilm",
-            "--version",
-            "1",
-            "--onnx",
-            &path("minilm_dynamic.onnx"),
-            "--tokenizer",
-            &path("minilm_tokenizer.json"),
-        ]);
+    /// Installs the reference models from [`vendor`]'s signed repository:
+    /// `digits` (int8 CNN) and `minilm` (int8, with its tokenizer),
+    /// release 1, version 1. Returns what `provision model update` printed.
+    pub fn load_reference_models(&self) -> String {
+        self.update_from(&vendor().repo(), &[])
+    }
+
+    /// `provision model update --repo <repo> <extra>`, which must succeed.
+    pub fn update_from(&self, repo: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["model", "update", "--repo", repo.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.provision_ok(&args)
+    }
+
+    /// `provision model update --repo <repo> <extra>` that must fail; its
+    /// stdout and stderr.
+    pub fn update_refused(&self, repo: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["model", "update", "--repo", repo.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = self.provision(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "update should be refused: {text}"
+        );
+        text
     }
 
     /// Grants `client` the given models with generous limits.
@@ -478,4 +521,57 @@ fn run_ok(cmd: &mut ConfigCommand) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A static HTTP server (Python's `http.server`) over a directory, on a
+/// loopback port: a LAN mirror for update tests. Stopped when dropped.
+pub struct HttpServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl HttpServer {
+    /// Serves `dir`.
+    pub fn start(dir: &Path) -> HttpServer {
+        let mut child = Command::new(venv_python())
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        // "Serving HTTP on 127.0.0.1 port 40123 (http://127.0.0.1:40123/) ..."
+        let port = first
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("http.server said: {first}"));
+        HttpServer { child, port }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

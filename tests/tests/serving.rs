@@ -137,7 +137,7 @@ fn payloads_reach_neither_disk_nor_logs_and_every_call_is_audited() {
     assert!(
         records
             .iter()
-            .any(|r| r["rpc"] == "LoadModel" && r["client"] == ADMIN)
+            .any(|r| r["rpc"] == "UpdateModels" && r["client"] == ADMIN)
     );
     assert!(records.iter().any(|r| r["rpc"] == "PutGrant"));
 

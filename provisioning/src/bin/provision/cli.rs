@@ -86,7 +86,7 @@ pub enum Command {
     /// Export the appliance's audit log (online).
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Load, list and unload models on an appliance (online).
+    /// Signed model updates, rollback, listing; raw uploads (online).
     #[command(subcommand)]
     Model(ModelCmd),
 }
@@ -378,11 +378,79 @@ pub enum AuditCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCmd {
-    /// Upload and load an ONNX model (and its tokenizer.json).
+    /// Install signed model images from a TUF repository: push one from
+    /// here, or have the appliance read a LAN mirror or a local directory.
     #[command(
-        long_about = "Upload a model to the appliance (LoadModel): a header with the name and \
-            version, then the ONNX file in 256 KiB chunks, then the tokenizer file. Prints the \
-            state the appliance reports.\n\n\
+        long_about = "Install signed model images (UpdateModels). The appliance verifies the \
+            repository against the vendor's root (signatures, thresholds, versions, expiry), \
+            stages each model line's newest image in a new slot while re-encrypting it, runs its \
+            golden vectors and budgets, switches traffic to it atomically and commits; any \
+            failure rolls back by itself and the old release keeps serving.\n\n\
+            Sources (one of):\n  \
+            --repo DIR       a repository here (`model-image repo`), pushed over the admin \
+            connection; the appliance asks for each file piece by piece\n  \
+            --mirror URL     an http:// mirror on the LAN the appliance reads itself (its only \
+            outbound connection)\n  \
+            --local-dir DIR  a repository in a directory on the appliance (USB media)\n\n\
+            Prints what was verified, each line's trial, and its outcome, e.g. \"installed \
+            digits release 7 (version 3)\" or \"refused: timestamp expired at ...; still serving \
+            digits release 6\". Exit status 1 if the repository or any line was refused.\n\n\
+            Reads: <admin>/ca.pem, cert.pem, key.pem; with --repo, the files under DIR/metadata/ \
+            and DIR/targets/ that the appliance asks for.",
+        after_long_help = ONLINE_HELP,
+        group = clap::ArgGroup::new("source").required(true).args(["repo", "mirror", "local_dir"])
+    )]
+    Update {
+        #[command(flatten)]
+        conn: Conn,
+        /// A repository directory to push.
+        #[arg(long, value_name = "DIR")]
+        repo: Option<PathBuf>,
+        /// An http:// mirror the appliance reads.
+        #[arg(long, value_name = "URL")]
+        mirror: Option<String>,
+        /// A repository directory on the appliance.
+        #[arg(long, value_name = "DIR")]
+        local_dir: Option<String>,
+        /// Update only these model lines (repeat or comma-separate); by
+        /// default every line the repository holds.
+        #[arg(long, value_name = "NAME", value_delimiter = ',')]
+        model: Vec<ModelName>,
+    },
+    /// List model lines (signed) and loaded models, with their state.
+    #[command(
+        long_about = "List the appliance's models (ListModelLines, ListModels): for each signed \
+            model line its active and previous release, state (verifying, staging, trial, \
+            serving, rolled back with the reason) and release floor; then every loaded model \
+            version and its readiness.\n\n\
+            Reads: <admin>/ca.pem, cert.pem, key.pem.",
+        after_long_help = ONLINE_HELP
+    )]
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Switch a signed model line back to its previous release.
+    #[command(
+        long_about = "Switch a signed model line back to the release it served before the last \
+            install (RollbackModel), after that release passes its golden vectors again. Never \
+            below the release floor declared by the newer image; the image rolled back from is \
+            not installed again. Audited.\n\n\
+            Reads: <admin>/ca.pem, cert.pem, key.pem.",
+        after_long_help = ONLINE_HELP
+    )]
+    Rollback {
+        #[command(flatten)]
+        conn: Conn,
+        /// The model line.
+        name: ModelName,
+    },
+    /// Upload a raw ONNX model, unsigned (development appliances only).
+    #[command(
+        long_about = "Upload a raw, unsigned model to the appliance (LoadModel): a header with \
+            the name and version, then the ONNX file in 256 KiB chunks, then the tokenizer file. \
+            Refused unless the appliance runs with `[models] allow_unsigned = true`, a \
+            development setting: production models arrive as signed images (`model update`).\n\n\
             Reads: the --onnx and --tokenizer files, <admin>/ca.pem, cert.pem, key.pem.",
         after_long_help = ONLINE_HELP
     )]
@@ -402,17 +470,7 @@ pub enum ModelCmd {
         #[arg(long, value_name = "FILE")]
         tokenizer: Option<PathBuf>,
     },
-    /// List the models on the appliance and their state.
-    #[command(
-        long_about = "List the models on the appliance (ListModels): name, version, state.\n\n\
-            Reads: <admin>/ca.pem, cert.pem, key.pem.",
-        after_long_help = ONLINE_HELP
-    )]
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
-    /// Unload one model version.
+    /// Unload one unsigned model version.
     #[command(
         long_about = "Unload one model version (UnloadModel).\n\n\
             Reads: <admin>/ca.pem, cert.pem, key.pem.",

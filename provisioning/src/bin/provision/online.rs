@@ -197,6 +197,59 @@ async fn export(
 
 pub async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
     match cmd {
+        ModelCmd::Update {
+            conn,
+            repo,
+            mirror,
+            local_dir,
+            model,
+        } => update(conn, repo, mirror, local_dir, model).await,
+        ModelCmd::List { conn } => {
+            let mut session = connect(&conn).await?;
+            let lines = session.list_model_lines().await?;
+            let models = session.list_models().await?;
+            if lines.is_empty() && models.is_empty() {
+                println!("no models");
+                return Ok(());
+            }
+            if !lines.is_empty() {
+                println!(
+                    "{:<20} {:<16} {:<16} {:>6}  state",
+                    "model line", "active", "previous", "floor"
+                );
+                let release = |r: u64, v: u64| match r {
+                    0 => "-".to_owned(),
+                    r => format!("r{r} (v{v})"),
+                };
+                for l in &lines {
+                    println!(
+                        "{:<20} {:<16} {:<16} {:>6}  {}",
+                        l.name,
+                        release(l.active_release, l.active_version),
+                        release(l.previous_release, l.previous_version),
+                        l.floor,
+                        l.state
+                    );
+                }
+            }
+            let unsigned: Vec<_> = models
+                .iter()
+                .filter(|m| !lines.iter().any(|l| l.name == m.name))
+                .collect();
+            if !unsigned.is_empty() {
+                println!("unsigned uploads:");
+                for m in unsigned {
+                    println!("{:<24} {:>6}  {}", m.name, m.version, m.state);
+                }
+            }
+            Ok(())
+        }
+        ModelCmd::Rollback { conn, name } => {
+            let mut session = connect(&conn).await?;
+            let (release, version) = session.rollback_model(&name).await?;
+            println!("rolled back {name}: serving release {release} (version {version})");
+            Ok(())
+        }
         ModelCmd::Load {
             conn,
             name,
@@ -219,17 +272,6 @@ pub async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ModelCmd::List { conn } => {
-            let mut session = connect(&conn).await?;
-            let models = session.list_models().await?;
-            if models.is_empty() {
-                println!("no models");
-            }
-            for m in models {
-                println!("{:<24} {:>6}  {}", m.name, m.version, m.state);
-            }
-            Ok(())
-        }
         ModelCmd::Unload {
             conn,
             name,
@@ -244,6 +286,69 @@ pub async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn update(
+    conn: Conn,
+    repo: Option<PathBuf>,
+    mirror: Option<String>,
+    local_dir: Option<String>,
+    models: Vec<provisioning::ModelName>,
+) -> anyhow::Result<()> {
+    use provisioning::admin::UpdateSource;
+    use wire::admin::update_event::Event;
+    let source = match (repo, mirror, local_dir) {
+        (Some(dir), _, _) => {
+            if !dir.join("metadata").is_dir() {
+                bail!(
+                    "{} is not a repository (no metadata/ directory); see `model-image repo`",
+                    dir.display()
+                );
+            }
+            UpdateSource::Push(dir)
+        }
+        (_, Some(url), _) => UpdateSource::Mirror(url),
+        (_, _, Some(dir)) => UpdateSource::LocalDir(dir),
+        _ => bail!("give --repo, --mirror or --local-dir"),
+    };
+    let mut session = connect(&conn).await?;
+    let models = models.iter().map(ToString::to_string).collect();
+    let result = session
+        .update_models(source, models, |event| match event {
+            Event::Verified(v) => println!(
+                "verified {}: root v{}, timestamp v{}, snapshot v{}, targets v{} ({} target(s)); \
+                 {} expires first, at {}",
+                v.source,
+                v.root_version,
+                v.timestamp_version,
+                v.snapshot_version,
+                v.targets_version,
+                v.targets,
+                v.expiring_role,
+                v.expires
+            ),
+            Event::Step(s) => println!("  {}: {}", s.model, s.message),
+            Event::Outcome(o) => println!("{}", o.message),
+            Event::Fetch(_) => {}
+        })
+        .await;
+    let outcomes = match result {
+        Ok(o) => o,
+        Err(Error::Rpc {
+            message,
+            code: tonic::Code::FailedPrecondition | tonic::Code::Unavailable,
+            ..
+        }) => {
+            // The appliance's own words: "refused: …; still serving …".
+            bail!("{message}");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let refused = outcomes.iter().filter(|o| o.result == "refused").count();
+    if refused > 0 {
+        bail!("{refused} model line(s) not updated");
+    }
+    Ok(())
 }
 
 fn read_model_file(path: &Path) -> anyhow::Result<Vec<u8>> {
