@@ -29,22 +29,12 @@ struct Installed {
 pub struct ModelName(String);
 
 impl ModelName {
-    /// `[A-Za-z0-9._-]{1,64}`, not starting with a dot.
+    /// `[A-Za-z0-9._-]{1,64}`, not starting with a dot: the rule of model
+    /// lines in signed images (`images::manifest::LineName`).
     pub fn parse(name: &str) -> Result<ModelName, AppError> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
-            Ok(ModelName(name.to_owned()))
-        } else {
-            Err(AppError::InvalidArgument(
-                "model name: 1 to 64 characters of A-Z a-z 0-9 . _ -, not starting with a dot"
-                    .into(),
-            ))
-        }
+        name.parse::<images::manifest::LineName>()
+            .map(|n| ModelName(n.as_str().to_owned()))
+            .map_err(|e| AppError::InvalidArgument(e.to_string()))
     }
 
     /// The name.
@@ -129,6 +119,12 @@ pub fn remove(
     version: u64,
 ) -> Result<bool, AppError> {
     let name = name.as_str();
+    if crate::updates::has_line(store, name)? {
+        return Err(AppError::Refused(format!(
+            "model `{name}` is installed from signed images; roll it back or install a newer \
+             release instead"
+        )));
+    }
     let unloaded = registry.unload(name, version);
     let existed = store
         .tree(INDEX, INDEX_PURPOSE)?

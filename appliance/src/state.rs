@@ -259,24 +259,19 @@ impl Call<'_> {
 
 /// Names from clients, shortened before they reach logs and the audit log.
 pub fn clip(s: &str) -> String {
-    const MAX: usize = 128;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    clip_to(s, 128)
 }
 
 /// A reason for the audit log, shortened to a bound.
 pub fn clip_detail(s: &str) -> String {
-    const MAX: usize = 512;
-    if s.len() <= MAX {
+    clip_to(s, 512)
+}
+
+fn clip_to(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = MAX;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }

@@ -392,20 +392,19 @@ impl Updates {
                     &source.describe(),
                     Err(&reason),
                 );
-                state
-                    .metrics
-                    .observe("UpdateVerify", "FAILED_PRECONDITION", "", started.elapsed());
-                let error = AppError::Update(e);
-                return Err(match error {
-                    AppError::Update(images::Error::Source(why)) => {
+                let error = match e {
+                    images::Error::Source(why) => {
                         AppError::Unavailable(format!("{why}; {}", serving_summary(&lines)))
                     }
-                    other => AppError::Refused(format!(
-                        "refused: {}; {}",
-                        other,
-                        serving_summary(&lines)
-                    )),
-                });
+                    other => {
+                        AppError::Refused(format!("refused: {other}; {}", serving_summary(&lines)))
+                    }
+                };
+                let code = crate::error::code_name(crate::error::to_status(&error).code());
+                state
+                    .metrics
+                    .observe("UpdateVerify", code, "", started.elapsed());
+                return Err(error);
             }
         };
         // TUF: the new metadata is trusted from here on, whatever becomes
@@ -443,6 +442,7 @@ impl Updates {
         } else {
             request.models.clone()
         };
+        wanted.sort();
         wanted.dedup();
         let mut outcomes = Vec::new();
         for name in wanted {
@@ -508,56 +508,30 @@ impl Updates {
             let message = format!("{name} release {serving} is already installed");
             return outcome(OutcomeKind::Current, message, serving);
         }
-        if candidate.release < serving {
+        // Refused before anything is staged: said, audited, nothing changes.
+        let refusal = if candidate.release < serving {
             // A validly signed but older release: never installed (G6).
-            let message = format!(
-                "refused: the repository's newest {name} is release {}, below the installed release \
-                 {serving}; {}",
-                candidate.release,
-                still(serving)
-            );
-            audit_step(
-                state,
-                client,
-                "UpdateInstall",
-                &name,
-                &release_label(candidate.release, &digest),
-                Err(&message),
-            );
-            return outcome(OutcomeKind::Refused, message, serving);
-        }
-        if line.rejected.contains(&digest) {
-            let message = format!(
-                "refused: {name} release {} ({}) failed before and is not tried again; {}",
-                candidate.release,
-                candidate.entry.sha256,
-                still(serving)
-            );
-            audit_step(
-                state,
-                client,
-                "UpdateInstall",
-                &name,
-                &release_label(candidate.release, &digest),
-                Err(&message),
-            );
-            return outcome(OutcomeKind::Refused, message, serving);
-        }
-        if candidate.release < line.floor {
-            let message = format!(
-                "refused: {name} release {} is below the release floor {}; {}",
-                candidate.release,
-                line.floor,
-                still(serving)
-            );
-            audit_step(
-                state,
-                client,
-                "UpdateInstall",
-                &name,
-                &release_label(candidate.release, &digest),
-                Err(&message),
-            );
+            Some(format!(
+                "the repository's newest {name} is release {}, below the installed release {serving}",
+                candidate.release
+            ))
+        } else if line.rejected.contains(&digest) {
+            Some(format!(
+                "{name} release {} ({}) failed before and is not tried again",
+                candidate.release, candidate.entry.sha256
+            ))
+        } else if candidate.release < line.floor {
+            Some(format!(
+                "{name} release {} is below the release floor {}",
+                candidate.release, line.floor
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            let message = format!("refused: {reason}; {}", still(serving));
+            let label = release_label(candidate.release, &digest);
+            audit_step(state, client, "UpdateInstall", &name, &label, Err(&message));
             return outcome(OutcomeKind::Refused, message, serving);
         }
 

@@ -9,7 +9,7 @@
 //! Client and server share this machine's cores, which the in-process
 //! baseline does not pay for; the ratio is a lower bound.
 //!
-//! Run: `cargo build --release -p appliance -p provisioning && cargo bench -p benches --bench service`
+//! Run: `cargo build --release -p appliance -p provisioning -p images && cargo bench -p benches --bench service`
 //! (after `scripts/models`). `BENCH_SECONDS` sets each measurement's length.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a harness: fail loudly
 

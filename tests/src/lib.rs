@@ -575,3 +575,22 @@ impl Drop for HttpServer {
         let _ = self.child.wait();
     }
 }
+
+/// A repository made by python-tuf (`tests/python/tuf_repo.py`, fresh keys)
+/// holding `images`; `extra` goes to the script. Returns its root.json.
+pub fn python_tuf_repo(repo: &Path, images: &[&Path], extra: &[&str]) -> PathBuf {
+    let out = Command::new(venv_python())
+        .arg(workspace_root().join("tests/python/tuf_repo.py"))
+        .arg(repo)
+        .args(images)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tuf_repo.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    PathBuf::from(made["root"].as_str().unwrap())
+}

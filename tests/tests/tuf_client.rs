@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use test_support::{Vendor, venv_python, workspace_root};
-use tests::{HttpServer, binary, vendor};
+use test_support::Vendor;
+use tests::{HttpServer, binary, python_tuf_repo, vendor};
 
 struct Client {
     metadata: PathBuf,
@@ -104,17 +104,7 @@ fn a_python_tuf_repository_refreshes_and_downloads_byte_exact() {
         .dir
         .join("images")
         .join("digits-digits_cnn_qoperator.onnx-r1.img");
-    let out = Command::new(venv_python())
-        .arg(workspace_root().join("tests/python/tuf_repo.py"))
-        .arg(&repo)
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_tuf_repo(&repo, &[&image], &[]);
     let server = HttpServer::start(&repo);
     let client = Client::new(dir.path(), &server);
 

@@ -300,10 +300,12 @@ impl Verifier for ToughVerifier {
         }
         let captured = Arc::new(Mutex::new(HashMap::new()));
         let refusal = Arc::new(Mutex::new(None));
+        let failure = Arc::new(Mutex::new(None));
         let transport = Transport {
             source: source.clone(),
             captured: captured.clone(),
             refusal: refusal.clone(),
+            failure: failure.clone(),
         };
         let base = url::Url::parse(BASE).map_err(|e| Error::Source(e.to_string()))?;
         let loader = RepositoryLoader::new(
@@ -340,7 +342,11 @@ impl Verifier for ToughVerifier {
         {
             return Err(Error::Untrusted(why));
         }
-        let repo = loaded.map_err(|e| describe_failure(&e, &captured, &source.describe()))?;
+        let failure = failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let repo = loaded.map_err(|e| describe_failure(&e, &captured, failure))?;
         drop(runtime);
         finish(trusted, &repo, &captured)
     }
@@ -469,11 +475,12 @@ fn finish(
 }
 
 /// A failed refresh, said plainly: the role, the reason, and for expiry
-/// the time it expired.
+/// the time it expired. `source_failure` is set when the source itself
+/// could not deliver a file (then the repository was not judged at all).
 fn describe_failure(
     error: &tough::error::Error,
     captured: &HashMap<String, Vec<u8>>,
-    source: &str,
+    source_failure: Option<String>,
 ) -> Error {
     use tough::error::Error as E;
     if let E::ExpiredMetadata { role, .. } = error {
@@ -496,10 +503,10 @@ fn describe_failure(
     ) {
         return Error::Untrusted(format!("rollback: {}", chain(error)));
     }
-    if let E::Transport { source: t, .. } = error {
-        if t.kind() != TransportErrorKind::FileNotFound {
-            return Error::Source(format!("{source}: {}", chain(t)));
-        }
+    // tough reports sizes and digests that do not match as transport
+    // errors too; only what our source failed to deliver is one.
+    if let (E::Transport { .. }, Some(why)) = (error, source_failure) {
+        return Error::Source(why);
     }
     Error::Untrusted(chain(error))
 }
@@ -539,6 +546,8 @@ struct Transport {
     captured: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     /// The first file the source refused as untrustworthy, and why.
     refusal: Arc<Mutex<Option<String>>>,
+    /// The first file the source failed to deliver, and why.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for Transport {
@@ -584,8 +593,14 @@ impl tough::Transport for Transport {
                 Ok(Box::pin(futures_util::stream::iter([chunk])))
             }
             Ok(None) => Err(TransportError::new(TransportErrorKind::FileNotFound, url)),
-            Err(e @ Error::Untrusted(_)) => {
-                self.refusal
+            Err(e) => {
+                // Remember the first refusal (oversized) or failure (the
+                // source could not deliver) for the error the caller sees.
+                let first = match e {
+                    Error::Untrusted(_) => &self.refusal,
+                    _ => &self.failure,
+                };
+                first
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .get_or_insert_with(|| e.to_string());
@@ -595,11 +610,6 @@ impl tough::Transport for Transport {
                     e.to_string(),
                 ))
             }
-            Err(e) => Err(TransportError::new_with_cause(
-                TransportErrorKind::Other,
-                &url,
-                e.to_string(),
-            )),
         }
     }
 }
