@@ -99,6 +99,9 @@ enum Message {
     Event(Event),
     /// Acknowledged once everything sent before it is durable.
     Flush(SyncSender<()>),
+    /// Write what came before, then end the writer (shutdown: work still
+    /// running on the pool must not keep the process alive).
+    Stop,
 }
 
 /// Sends events to the writer thread.
@@ -162,6 +165,12 @@ impl AuditLog {
         }
     }
 
+    /// Makes everything recorded so far durable and ends the writer; later
+    /// records are refused (and logged).
+    pub fn stop(&self) {
+        let _ = self.sender.send(Message::Stop);
+    }
+
     /// Blocks until every event recorded before this call is durable.
     pub fn flush(&self) {
         let (tx, rx) = sync_channel(1);
@@ -181,7 +190,9 @@ impl AuditWriter {
 }
 
 fn write_loop(tree: &Tree, receiver: &Receiver<Message>, mut count: u64, mut last: String) {
-    while let Ok(first) = receiver.recv() {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = receiver.recv() else { break };
         let mut records = Vec::with_capacity(16);
         let mut waiting = Vec::new();
         for message in std::iter::once(first).chain(receiver.try_iter().take(BATCH - 1)) {
@@ -190,6 +201,10 @@ fn write_loop(tree: &Tree, receiver: &Receiver<Message>, mut count: u64, mut las
                 Message::Flush(ack) => {
                     waiting.push(ack);
                     continue;
+                }
+                Message::Stop => {
+                    stopping = true;
+                    break;
                 }
             };
             let time_ms = SystemTime::now()

@@ -77,9 +77,16 @@ pub struct ServerConfig {
     /// A client that has not finished its TLS handshake by then is dropped.
     #[serde(default = "default_handshake_ms")]
     pub handshake_timeout_ms: u64,
-    /// A connection that sends nothing for this long is closed.
+    /// A connection with no open request for this long is closed (HTTP/2
+    /// keep-alive pings do not count as activity).
     #[serde(default = "default_idle_s")]
     pub idle_timeout_s: u64,
+    /// How often the server pings a connection to detect a dead peer.
+    #[serde(default = "default_keepalive_interval_s")]
+    pub keepalive_interval_s: u64,
+    /// How long it waits for the ping's answer before closing.
+    #[serde(default = "default_keepalive_timeout_s")]
+    pub keepalive_timeout_s: u64,
     /// Most concurrent requests (HTTP/2 streams) on one connection.
     #[serde(default = "default_streams")]
     pub max_concurrent_streams: u32,
@@ -164,6 +171,12 @@ fn default_handshake_ms() -> u64 {
 fn default_idle_s() -> u64 {
     300
 }
+fn default_keepalive_interval_s() -> u64 {
+    60
+}
+fn default_keepalive_timeout_s() -> u64 {
+    20
+}
 fn default_streams() -> u32 {
     64
 }
@@ -220,6 +233,11 @@ impl Config {
         }
         if s.max_connections == 0 {
             return Err("server.max_connections: must be at least 1".into());
+        }
+        if s.keepalive_interval_s == 0 || s.keepalive_timeout_s == 0 {
+            return Err(
+                "server.keepalive_interval_s and keepalive_timeout_s must be positive".into(),
+            );
         }
         if s.handshake_timeout_ms == 0 || s.idle_timeout_s == 0 || s.max_concurrent_streams == 0 {
             return Err(

@@ -77,18 +77,55 @@ pub fn to_status(error: &AppError) -> Status {
         },
         AppError::Keystore(_) | AppError::Internal(_) => Code::Internal,
     };
-    let message = match error {
-        // Storage details are for the operator's log, not for clients.
-        AppError::Keystore(_) => "internal storage error".to_owned(),
-        other => other.to_string(),
+    let message = if code == Code::Internal {
+        // Our own failures: the details (paths, engine and storage errors)
+        // go to the operator's log under an incident id; the client gets
+        // the id to quote, nothing else.
+        let incident = incident_id();
+        tracing::error!(incident = %incident, error = %error, "internal error");
+        format!("internal error (incident {incident}); the appliance's log has the details")
+    } else {
+        error.to_string()
     };
     Status::new(code, message)
 }
 
-impl From<AppError> for Status {
-    fn from(error: AppError) -> Status {
-        to_status(&error)
-    }
+/// A random id tying a client's error message to the log line with the
+/// details.
+fn incident_id() -> String {
+    let mut bytes = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub use wire::code_name;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_failures_reach_clients_as_an_incident_id_only() {
+        for error in [
+            AppError::Internal("opening /var/lib/appliance/secret: denied".into()),
+            AppError::Inference(inference::Error::Execution(
+                "shape mismatch in node MatMul_7".into(),
+            )),
+        ] {
+            let status = to_status(&error);
+            assert_eq!(status.code(), Code::Internal);
+            let message = status.message();
+            assert!(
+                message.starts_with("internal error (incident "),
+                "{message}"
+            );
+            assert!(
+                !message.contains("secret") && !message.contains("MatMul"),
+                "{message}"
+            );
+        }
+        // Validation errors still name the field.
+        let status = to_status(&AppError::InvalidArgument("input `x`: wrong shape".into()));
+        assert_eq!(status.message(), "input `x`: wrong shape");
+    }
+}

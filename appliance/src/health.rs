@@ -8,7 +8,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::Health;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::state::{AppState, Need};
+use crate::error::AppError;
+use crate::state::{AppState, Need, clip};
 
 /// Services a client may ask about: the server as a whole ("") and the
 /// inference service.
@@ -25,9 +26,12 @@ impl HealthService {
         HealthService { state }
     }
 
-    fn status(&self, service: &str) -> Result<HealthCheckResponse, Status> {
+    fn status(&self, service: &str) -> Result<HealthCheckResponse, AppError> {
         if !KNOWN.contains(&service) {
-            return Err(Status::not_found("unknown service"));
+            return Err(AppError::NotFound(format!(
+                "unknown service `{}`; known: \"\" and inference.GRPCInferenceService",
+                clip(service)
+            )));
         }
         let status = if self.state.registry.all_ready() {
             ServingStatus::Serving
@@ -49,13 +53,8 @@ impl Health for HealthService {
         let call = self
             .state
             .begin(&request, "HealthCheck", Need::AnyGrant, "", 0)?;
-        match self.status(&request.get_ref().service) {
-            Ok(response) => call.finish(Ok(response)),
-            Err(status) => {
-                call.succeed(0);
-                Err(status)
-            }
-        }
+        let result = self.status(&request.get_ref().service);
+        call.finish(result)
     }
 
     type WatchStream = tokio_stream::Once<Result<HealthCheckResponse, Status>>;
@@ -68,8 +67,13 @@ impl Health for HealthService {
         let call = self
             .state
             .begin(&request, "HealthWatch", Need::AnyGrant, "", 0)?;
-        let result = self.status(&request.get_ref().service);
-        call.succeed(0);
-        Ok(Response::new(tokio_stream::once(result)))
+        // The outcome the client gets is the outcome audited.
+        match self.status(&request.get_ref().service) {
+            Ok(response) => {
+                call.succeed(prost::Message::encoded_len(&response) as u64);
+                Ok(Response::new(tokio_stream::once(Ok(response))))
+            }
+            Err(e) => Err(call.fail(e)),
+        }
     }
 }

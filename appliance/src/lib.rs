@@ -135,6 +135,7 @@ pub async fn run(state: Arc<AppState>, listener: TcpListener, shutdown: impl Fut
     server::serve(state.clone(), routes, listener, shutdown).await;
     let flushing = state.clone();
     let _ = tokio::task::spawn_blocking(move || {
+        flushing.audit.stop();
         flushing.audit.flush();
         if let Err(e) = flushing.store.flush() {
             tracing::error!(error = %e, "final flush failed");

@@ -234,7 +234,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         appliance::run(state, listener, shutdown_signal()).await;
         anyhow::Ok(())
     })?;
-    drop(runtime);
+    // Work still running on the blocking pool (a request whose connection
+    // the grace period closed) must not hold the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     writer.join();
     Ok(())
 }

@@ -154,7 +154,9 @@ pub fn restore_all(store: &Store, registry: &Registry, limits: Limits) -> Result
         match registry.load(&entry.name, entry.version, source, limits) {
             Ok(_) => loaded += 1,
             Err(e) => {
-                tracing::error!(model = %entry.name, version = entry.version, error = %e, "model failed to load")
+                tracing::error!(model = %entry.name, version = entry.version, error = %e, "model failed to load");
+                // Installed and promised, but not servable: not ready.
+                registry.set_failed(&entry.name, entry.version, &e.to_string());
             }
         }
     }

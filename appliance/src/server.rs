@@ -20,7 +20,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tonic::service::Routes;
 use tower::ServiceExt;
@@ -37,11 +38,14 @@ pub async fn serve(
 ) {
     let limit = Arc::new(Semaphore::new(state.config.server.max_connections));
     let (stop_tx, _) = broadcast::channel::<()>(1);
-    // Every connection task holds a clone; when all are gone, draining is done.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    // Every connection task, so the ones still open when the grace period
+    // ends can be closed.
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            // Reap finished connections as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let (tcp, peer_address) = match accepted {
                     Ok(a) => a,
@@ -60,12 +64,10 @@ pub async fn serve(
                 let state = state.clone();
                 let routes = routes.clone();
                 let stop = stop_tx.subscribe();
-                let done = done_tx.clone();
                 tracing::debug!(peer = %peer_address, "connection accepted");
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     connection(state, routes, tcp, stop).await;
                     drop(permit);
-                    drop(done);
                 });
             }
             _ = &mut shutdown => break,
@@ -74,10 +76,19 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop_tx.send(());
-    drop(done_tx);
     let grace = Duration::from_secs(state.config.server.shutdown_grace_s);
-    if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
-        tracing::warn!("grace period over; closing the remaining connections");
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let open = connections.len();
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+        tracing::warn!(
+            connections = open,
+            "grace period over; closed the remaining connections"
+        );
     }
 }
 
@@ -118,38 +129,41 @@ async fn connection(
     };
     let peer = Peer(Arc::new(peer));
     state.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let activity = Arc::new(Activity::new());
 
     let service = {
         let state = state.clone();
+        let activity = activity.clone();
         tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(peer.clone());
             let state = state.clone();
             let routes = routes.clone();
+            // Open until the response body is done (or dropped).
+            let open = activity.open();
             async move {
                 if request.uri().path() == "/metrics" {
-                    return Ok::<_, std::convert::Infallible>(metrics(&state, &peer_of(&request)));
+                    let response = metrics(&state, &peer_of(&request));
+                    return Ok::<_, std::convert::Infallible>(tracked(response, open));
                 }
                 let peer = peer_of(&request);
                 let method = request.uri().path().to_owned();
                 let response = routes.oneshot(request).await?;
-                Ok(oversize_as_exhausted(
-                    &state,
-                    peer.as_ref(),
-                    &method,
-                    response,
-                ))
+                let response = oversize_as_exhausted(&state, peer.as_ref(), &method, response);
+                Ok(tracked(response, open))
             }
         })
     };
     let io = TokioIo::new(Idle::new(tls, state.config.idle_timeout()));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let server = &state.config.server;
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(state.config.server.max_concurrent_streams)
-        .keep_alive_interval(Some(Duration::from_secs(60)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .keep_alive_interval(Some(Duration::from_secs(server.keepalive_interval_s)))
+        .keep_alive_timeout(Duration::from_secs(server.keepalive_timeout_s));
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
+    let idle = idle(activity, state.config.idle_timeout());
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(e) = result {
@@ -160,8 +174,105 @@ async fn connection(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        () = idle => {
+            // No open stream for idle_timeout_s: pings do not count.
+            tracing::debug!(peer = ?peer_address, "idle connection closed");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
     state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Requests open on a connection, and when the last one ended.
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<std::time::Instant>,
+}
+
+/// One open request; closes it when dropped.
+struct Open(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            since: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    fn open(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Open(self.clone())
+    }
+
+    /// How long the connection has had no open request, if it has none.
+    fn idle_for(&self) -> Option<Duration> {
+        if self.open.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = *self
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(since.elapsed())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        *self
+            .0
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Completes once the connection has had no open request for `timeout`.
+async fn idle(activity: Arc<Activity>, timeout: Duration) {
+    loop {
+        match activity.idle_for() {
+            Some(idle) if idle >= timeout => return,
+            Some(idle) => tokio::time::sleep(timeout - idle).await,
+            None => tokio::time::sleep(timeout).await,
+        }
+    }
+}
+
+/// The response with `open` held until its body is done.
+fn tracked(
+    response: http::Response<tonic::body::Body>,
+    open: Open,
+) -> http::Response<tonic::body::Body> {
+    response.map(|body| tonic::body::Body::new(Tracked { body, _open: open }))
+}
+
+/// A response body that keeps its request open while it streams.
+struct Tracked {
+    body: tonic::body::Body,
+    _open: Open,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// tonic refuses a message over `max_message_bytes` with OUT_OF_RANGE

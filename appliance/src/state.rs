@@ -204,19 +204,10 @@ impl Call<'_> {
         self.record("OK", bytes_out);
     }
 
-    /// Audits and counts a failed call; returns its status.
+    /// Audits and counts a failed call; returns its status (internal
+    /// failures are logged with an incident id there, see `to_status`).
     pub fn fail(self, error: AppError) -> Status {
         let status = to_status(&error);
-        if matches!(
-            error,
-            AppError::Keystore(_)
-                | AppError::Internal(_)
-                | AppError::Inference(inference::Error::Execution(_))
-        ) {
-            // Details of our own failures go to the operator's log only; the
-            // client sees a generic message (see `to_status`).
-            tracing::error!(rpc = ?self.rpc, error = %error, "internal error");
-        }
         self.record(code_name(status.code()), 0);
         status
     }

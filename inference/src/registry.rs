@@ -68,7 +68,8 @@ impl Registry {
     /// Loads `source` as version `version` of model `name`, blocking until
     /// it is ready or has failed. While it loads, the version reports
     /// `Loading`; other versions keep serving. Replaces an earlier load of
-    /// the same version only once the new one is ready.
+    /// the same version only once the new one is ready; a load that fails
+    /// leaves the registry as it was.
     pub fn load(
         &self,
         name: &str,
@@ -94,8 +95,16 @@ impl Registry {
             }
             // A failed reload leaves the serving version in place.
             Err(_) if replacing => {}
-            Err(e) => {
-                versions.insert(version, Slot::Failed(e.to_string()));
+            // A model that never loaded was never served: it leaves no
+            // trace (the caller has the error), so a refused upload cannot
+            // take the server out of readiness. `set_failed` records a
+            // failure that should (a model installed earlier that no longer
+            // loads).
+            Err(_) => {
+                versions.remove(&version);
+                if versions.is_empty() {
+                    lines.remove(name);
+                }
             }
         }
         result

@@ -270,14 +270,26 @@ fn registry_tracks_readiness_and_serves_in_flight_requests_through_unload() {
         },
         Limits::default(),
     );
-    assert!(failed.is_err());
+    // A load that fails leaves no trace: it never served, so it cannot
+    // make the registry (and the server) not ready.
+    assert!(failed.is_err_and(|e| e.to_string().contains("QGemm")));
+    assert_eq!(registry.readiness("digits", Some(3)), None);
+    assert!(registry.all_ready());
+    assert!(matches!(
+        registry.get("digits", Some(3)),
+        Err(Error::VersionNotFound { .. })
+    ));
+    // A model installed earlier that no longer loads is recorded as failed.
+    registry.set_failed("digits", 3, "operator QGemm is not supported");
     assert!(
         matches!(registry.readiness("digits", Some(3)), Some(Readiness::Failed(why)) if why.contains("QGemm"))
     );
+    assert!(!registry.all_ready());
     assert!(matches!(
         registry.get("digits", Some(3)),
         Err(Error::NotReady { .. })
     ));
+    assert!(registry.unload("digits", 3));
     // The newest *ready* version still serves.
     assert_eq!(registry.get("digits", None).unwrap().version(), 2);
     assert!(matches!(

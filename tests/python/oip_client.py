@@ -22,6 +22,9 @@ Commands:
                              until a line arrives on stdin; JSON {requests, errors (by code),
                              versions: {version: {count, first, last}}} (unix times of the
                              first and last answer from each model version)
+  status                     JSON {live, ready}: the values ServerLive and ServerReady return
+  health SERVICE             grpc.health.v1 Check through grpcio (the request written by
+                             hand), JSON {ok, code, message, status}
   raw MODEL INPUT DATATYPE SHAPE NBYTES [--fill HEX]
                              one hand-built ModelInferRequest through the package's own
                              compiled protocol (service_pb2), JSON {ok, code, message}
@@ -281,6 +284,34 @@ def idle(args):
     print(json.dumps({"opened": len(sessions), "still_open": still_open}))
 
 
+def status(args):
+    c = client(args)
+    print(json.dumps({"live": c.is_server_live(), "ready": c.is_server_ready()}))
+
+
+def health(args):
+    import grpc
+
+    certs = Path(args.certs)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.pem").read_bytes(),
+        private_key=(certs / "key.pem").read_bytes(),
+        certificate_chain=(certs / "cert.pem").read_bytes(),
+    )
+    channel = grpc.secure_channel(args.url, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    check = channel.unary_unary("/grpc.health.v1.Health/Check")
+    name = args.service.encode()
+    request = (b"\x0a" + bytes([len(name)]) + name) if name else b""
+    try:
+        reply = check(request, timeout=10)
+        # HealthCheckResponse: field 1 (status) as a varint.
+        value = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
+        names = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+        print(json.dumps({"ok": True, "code": "OK", "message": "", "status": names.get(value, str(value))}))
+    except grpc.RpcError as e:
+        print(json.dumps({"ok": False, "code": e.code().name, "message": e.details(), "status": None}))
+
+
 def load(args):
     import threading
     import time
@@ -353,13 +384,16 @@ def main():
     ct.add_argument("rpc")
     g = sub.add_parser("tls-garbage")
     g.add_argument("nbytes", type=int)
+    sub.add_parser("status")
+    he = sub.add_parser("health")
+    he.add_argument("service")
     lo = sub.add_parser("load")
     lo.add_argument("threads", type=int)
     i = sub.add_parser("idle")
     i.add_argument("count", type=int)
     i.add_argument("seconds", type=float)
     args = p.parse_args()
-    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load}
+    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load, "status": status, "health": health}
     commands[args.command](args)
 
 

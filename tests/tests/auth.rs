@@ -144,7 +144,7 @@ fn a_revoked_certificate_is_refused_after_a_crl_push_even_on_an_open_connection(
         .unwrap();
     let site = app.site.dir().to_str().unwrap().to_owned();
     let out = app.provision_ok(&["crl", "push", "--site", &site]);
-    assert!(out.contains("1"), "{out}");
+    assert!(out.contains("(1 revoked)"), "{out}");
 
     // The open connection: its next request is refused.
     python.stdin.take().unwrap().write_all(b"go\n").unwrap();
