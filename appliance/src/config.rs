@@ -36,6 +36,31 @@ pub struct Config {
     /// Model installation: signed updates and the development escape hatch.
     #[serde(default)]
     pub models: ModelsConfig,
+    /// What the daemon logs.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The per-call log line (the audit log records every call regardless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogCalls {
+    /// Every call.
+    All,
+    /// Calls that did not end OK (the default: a busy appliance's log then
+    /// grows with its problems, not its traffic).
+    #[default]
+    Failures,
+    /// None.
+    None,
+}
+
+/// What the daemon writes to its log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Which calls get a log line.
+    pub calls: LogCalls,
 }
 
 /// How models get onto the appliance.
@@ -109,6 +134,10 @@ pub struct KeystoreConfig {
     pub pcrs: Option<String>,
     /// Insecure software backend: the root key file.
     pub insecure_root_key: Option<PathBuf>,
+    /// The store's page cache, in MiB: an upper bound on the memory it keeps
+    /// for recently read or written records.
+    #[serde(default = "default_cache_mb")]
+    pub cache_mb: u64,
 }
 
 /// The inference engine's pool and request bounds.
@@ -156,6 +185,9 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_cache_mb() -> u64 {
+    keystore::DEFAULT_CACHE_BYTES >> 20
+}
 fn default_min_tls() -> String {
     "1.3".into()
 }
@@ -248,6 +280,9 @@ impl Config {
         }
         if self.models.update_stall_timeout_s == 0 || self.models.update_stall_timeout_s > 3600 {
             return Err("models.update_stall_timeout_s: must be between 1 and 3600".into());
+        }
+        if self.keystore.cache_mb == 0 || self.keystore.cache_mb > 65_536 {
+            return Err("keystore.cache_mb: must be between 1 and 65536".into());
         }
         if self.inference.queue == 0 {
             return Err("inference.queue: must be at least 1".into());

@@ -49,7 +49,11 @@ pub fn open_store(config: &Config) -> Result<Store, AppError> {
             Box::new(InsecureSoftwareBackend::open(&root_key)?)
         }
     };
-    Ok(Store::open(&config.keystore.data_dir, backend)?)
+    Ok(Store::open_with_cache(
+        &config.keystore.data_dir,
+        backend,
+        config.keystore.cache_mb << 20,
+    )?)
 }
 
 /// Everything the server needs, loaded from the keystore (blocking).

@@ -10,7 +10,7 @@ use keystore::Store;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditLog, Event};
-use crate::config::Config;
+use crate::config::{Config, LogCalls};
 use crate::error::{AppError, code_name, to_status};
 use crate::grants::Grants;
 use crate::identity::ClientId;
@@ -215,17 +215,24 @@ impl Call<'_> {
     fn record(self, outcome: &'static str, bytes_out: u64) {
         let latency = self.started.elapsed();
         let latency_us = latency.as_micros() as u64;
-        tracing::info!(
-            client = %self.client,
-            rpc = ?self.rpc,
-            model = %self.model,
-            version = %self.version,
-            outcome,
-            bytes_in = self.bytes_in,
-            bytes_out,
-            latency_us,
-            "call"
-        );
+        let log = match self.state.config.log.calls {
+            LogCalls::All => true,
+            LogCalls::Failures => outcome != "OK",
+            LogCalls::None => false,
+        };
+        if log {
+            tracing::info!(
+                client = %self.client,
+                rpc = ?self.rpc,
+                model = %self.model,
+                version = %self.version,
+                outcome,
+                bytes_in = self.bytes_in,
+                bytes_out,
+                latency_us,
+                "call"
+            );
+        }
         self.state
             .metrics
             .observe(&self.rpc, outcome, &self.model, latency);

@@ -33,4 +33,4 @@ pub use backend::{BackendKind, InsecureSoftwareBackend, KeyBackend, PcrSelection
 pub use blob::{BlobReader, BlobWriter, CHUNK_LEN};
 pub use crypto::SecretKey;
 pub use error::{Error, Result};
-pub use store::{MAX_ID_LEN, MAX_VALUE_LEN, Store, Tree, Value};
+pub use store::{DEFAULT_CACHE_BYTES, MAX_ID_LEN, MAX_VALUE_LEN, Store, Tree, Value};

@@ -39,6 +39,9 @@ const META_KEY_ID: [u8; KEY_ID_LEN] = [0; KEY_ID_LEN];
 pub const MAX_ID_LEN: usize = 1024;
 /// Largest record value accepted. Bigger payloads (models) go to blobs.
 pub const MAX_VALUE_LEN: usize = 16 << 20;
+/// sled's page cache unless configured: its own default (1 GiB) let the
+/// cache grow with every audit record written, about 900 bytes a request.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
 
 const SEALED_KEK: &[u8] = b"S";
 const META_DEK: &[u8] = b"M";
@@ -93,10 +96,20 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Opens the store in `dir`, creating it (and a fresh key hierarchy
-    /// sealed by `backend`) if the directory holds no store yet.
-    pub fn open(dir: &Path, mut backend: Box<dyn KeyBackend>) -> Result<Store> {
+    /// sealed by `backend`) if the directory holds no store yet, with the
+    /// default page cache ([`DEFAULT_CACHE_BYTES`]).
+    pub fn open(dir: &Path, backend: Box<dyn KeyBackend>) -> Result<Store> {
+        Store::open_with_cache(dir, backend, DEFAULT_CACHE_BYTES)
+    }
+
+    /// As [`Store::open`], with sled's page cache bounded to `cache_bytes`.
+    pub fn open_with_cache(
+        dir: &Path,
+        mut backend: Box<dyn KeyBackend>,
+        cache_bytes: u64,
+    ) -> Result<Store> {
         fsutil::create_private_dir(dir)?;
-        let db = open_db(&dir.join("db"))?;
+        let db = open_db(&dir.join("db"), cache_bytes)?;
         let keys = db.open_tree("keys")?;
 
         let (kek, generation, meta) = match keys.get(SEALED_KEK)? {
@@ -519,12 +532,17 @@ impl Tree {
 /// ago: sled 0.34 releases its file lock from a background thread after
 /// `Drop` returns (spacejam/sled#1234), so an immediate reopen in the same
 /// process can see its own previous handle.
-fn open_db(path: &Path) -> Result<sled::Db> {
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
     const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
     let started = std::time::Instant::now();
     loop {
         // No background flusher: every write is flushed before it returns.
-        match sled::Config::new().path(path).flush_every_ms(None).open() {
+        match sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
             // sled reports its lock as an `Other` error whose text names it.
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock

@@ -104,12 +104,18 @@ impl Appliance {
         let mut site = Site::init(&dir.path().join("site"), &site_name, &pass).unwrap();
 
         let config = dir.path().join("appliance.toml");
+        // Tests read the per-call log lines unless they say otherwise.
+        let log = if extra_config.contains("[log]") {
+            ""
+        } else {
+            "[log]\ncalls = \"all\"\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\n{extra_server_config}\n\
                  [keystore]\ndata_dir = \"{}\"\nbackend = \"tpm\"\ntcti = \"{}\"\npcrs = \"sha256:16\"\n\
-                 [inference]\nworkers = 2\n{extra_config}\n",
+                 [inference]\nworkers = 2\n{log}{extra_config}\n",
                 dir.path().join("data").display(),
                 tpm.tcti()
             ),

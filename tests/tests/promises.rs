@@ -159,3 +159,31 @@ fn the_end_of_the_grace_period_closes_what_is_still_open() {
         "{log}"
     );
 }
+
+#[test]
+fn the_log_has_a_line_per_failed_call_only_unless_asked() {
+    let mut app = Appliance::start_with("", "[log]\ncalls = \"failures\"\n", None);
+    let certs = app.client("quiet");
+    app.grant("quiet", "*");
+    let stranger = app.client("stranger");
+    for _ in 0..3 {
+        assert_eq!(app.triton(&certs, &["call", "live"])["ok"], true);
+    }
+    assert_eq!(
+        app.triton(&stranger, &["call", "live"])["code"],
+        "PERMISSION_DENIED"
+    );
+    let log = app.log_text();
+    let calls: Vec<&str> = log.lines().filter(|l| l.contains(" call ")).collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].contains("PERMISSION_DENIED"), "{calls:?}");
+    // The audit log has all four.
+    let out = app.dir.path().join("audit.jsonl");
+    app.provision_ok(&["audit", "export", "--out", out.to_str().unwrap()]);
+    let live = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"ServerLive\""))
+        .count();
+    assert_eq!(live, 4);
+}
