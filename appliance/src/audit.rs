@@ -11,6 +11,15 @@
 //! response does not wait for its audit record's fsync. A power cut can
 //! lose the records of the last few milliseconds' calls, never the chain's
 //! integrity; the next start resumes the chain from what is on disk.
+//!
+//! Fail-closed: when a batch cannot be written, the log turns unhealthy,
+//! every new call is refused (UNAVAILABLE) until it is written, and the
+//! writer retries that same batch, so the chain never has a gap.
+//!
+//! Retention: records older than `retain_days`, or beyond the newest
+//! `retain_records`, are pruned in atomic steps that also write a
+//! checkpoint (the first record kept and the hash of the one before it), so
+//! the chain stays verifiable from the checkpoint on.
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
@@ -25,6 +34,11 @@ use crate::error::AppError;
 const TREE: &str = "audit";
 const PURPOSE: &str = "audit";
 const HEAD: &[u8] = b"head";
+const CHECKPOINT: &[u8] = b"checkpoint";
+/// Most records pruned in one atomic step.
+const PRUNE_STEP: u64 = 4096;
+/// How long a failed batch waits before it is written again.
+const RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 /// Records waiting for the writer beyond this make callers wait: audit
 /// records are never dropped.
 const QUEUE: usize = 65_536;
@@ -77,6 +91,37 @@ struct Head {
     last_hash: String,
 }
 
+/// Where the chain starts after a prune: the first record kept and the
+/// chain hash of the record before it (pruned).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    first: u64,
+    previous_hash: String,
+    /// When the last prune happened (Unix ms).
+    pruned_at_ms: u64,
+}
+
+/// How long records are kept, and the disk space they may not eat into.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Records older than this are pruned.
+    pub max_age: std::time::Duration,
+    /// At most this many records are kept.
+    pub max_records: u64,
+    /// The data directory, whose filesystem is watched.
+    pub data_dir: std::path::PathBuf,
+    /// Below this much free space no record is written and calls are
+    /// refused, before the store itself would fail (sled treats a failed
+    /// write as fatal until it is reopened).
+    pub min_free_bytes: u64,
+}
+
+/// Free bytes on the filesystem holding `dir`, for an unprivileged writer.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 /// The all-zero hash the chain starts from.
 fn genesis() -> String {
     "0".repeat(64)
@@ -85,7 +130,10 @@ fn genesis() -> String {
 /// The chain hash of a record: over the previous hash and every field but
 /// the hash itself.
 fn chain_hash(previous: &str, sequence: u64, time_ms: u64, event: &Event) -> String {
-    let body = serde_json::to_vec(&(sequence, time_ms, event)).unwrap_or_default();
+    // Strings and integers only: serialising cannot fail. Were it ever to,
+    // the hash would not match on verification, never silently pass.
+    let body = serde_json::to_vec(&(sequence, time_ms, event))
+        .unwrap_or_else(|_| b"unserialisable".to_vec());
     let mut input = previous.as_bytes().to_vec();
     input.extend_from_slice(&body);
     hex(digest(&SHA256, &input).as_ref())
@@ -108,6 +156,19 @@ enum Message {
 #[derive(Clone)]
 pub struct AuditLog {
     sender: SyncSender<Message>,
+    /// False while a batch cannot be written: calls are then refused.
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Batches that failed to write, and records pruned (for metrics).
+    stats: std::sync::Arc<Stats>,
+}
+
+/// Counters the writer keeps for metrics.
+#[derive(Default)]
+pub struct Stats {
+    /// Batch writes that failed.
+    pub write_failures: std::sync::atomic::AtomicU64,
+    /// Records removed by retention.
+    pub pruned: std::sync::atomic::AtomicU64,
 }
 
 /// The writer thread.
@@ -116,8 +177,9 @@ pub struct AuditWriter {
 }
 
 impl AuditLog {
-    /// Starts the writer on `store`, resuming the chain where it ends.
-    pub fn start(store: &Store) -> Result<(AuditLog, AuditWriter), AppError> {
+    /// Starts the writer on `store`, resuming the chain where it ends, and
+    /// pruning under `retention`.
+    pub fn start(store: &Store, retention: Retention) -> Result<(AuditLog, AuditWriter), AppError> {
         let tree = store.tree(TREE, PURPOSE)?;
         let (mut count, mut last) = match tree.get(HEAD)? {
             Some(bytes) => {
@@ -139,12 +201,26 @@ impl AuditLog {
             count += 1;
         }
         let (sender, receiver) = sync_channel(QUEUE);
+        let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let stats = std::sync::Arc::new(Stats::default());
+        let writer = Writer {
+            tree,
+            count,
+            last,
+            retention,
+            healthy: healthy.clone(),
+            stats: stats.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_loop(&tree, &receiver, count, last))
+            .spawn(move || writer.run(&receiver))
             .map_err(|e| AppError::Internal(format!("audit writer: {e}")))?;
         Ok((
-            AuditLog { sender },
+            AuditLog {
+                sender,
+                healthy,
+                stats,
+            },
             AuditWriter {
                 thread: Some(thread),
             },
@@ -163,6 +239,16 @@ impl AuditLog {
                 tracing::error!("audit writer stopped; an audit record could not be written");
             }
         }
+    }
+
+    /// Whether records are being written; when not, calls are refused.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Makes everything recorded so far durable and ends the writer; later
@@ -189,58 +275,204 @@ impl AuditWriter {
     }
 }
 
-fn write_loop(tree: &Tree, receiver: &Receiver<Message>, mut count: u64, mut last: String) {
-    let mut stopping = false;
-    while !stopping {
-        let Ok(first) = receiver.recv() else { break };
-        let mut records = Vec::with_capacity(16);
-        let mut waiting = Vec::new();
-        for message in std::iter::once(first).chain(receiver.try_iter().take(BATCH - 1)) {
-            let event = match message {
-                Message::Event(event) => event,
-                Message::Flush(ack) => {
-                    waiting.push(ack);
-                    continue;
+/// The writer thread's state: the chain's end, and what it keeps.
+struct Writer {
+    tree: Tree,
+    count: u64,
+    last: String,
+    retention: Retention,
+    healthy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stats: std::sync::Arc<Stats>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: &Receiver<Message>) {
+        let mut stopping = false;
+        let mut next_prune = std::time::Instant::now();
+        while !stopping {
+            let Ok(first) = receiver.recv() else { break };
+            let mut events = Vec::with_capacity(16);
+            let mut waiting = Vec::new();
+            for message in std::iter::once(first).chain(receiver.try_iter().take(BATCH - 1)) {
+                match message {
+                    Message::Event(event) => events.push(event),
+                    Message::Flush(ack) => waiting.push(ack),
+                    Message::Stop => {
+                        stopping = true;
+                        break;
+                    }
                 }
-                Message::Stop => {
-                    stopping = true;
-                    break;
-                }
-            };
-            let time_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let hash = chain_hash(&last, count, time_ms, &event);
-            last.clone_from(&hash);
-            records.push((
-                count.to_be_bytes(),
-                serde_json::to_vec(&Record {
-                    sequence: count,
-                    time_ms,
-                    event,
-                    hash,
-                })
-                .unwrap_or_default(),
-            ));
-            count += 1;
-        }
-        if !records.is_empty() {
-            let head = serde_json::to_vec(&Head {
-                count,
-                last_hash: last.clone(),
-            })
-            .unwrap_or_default();
-            let writes = records
-                .iter()
-                .map(|(id, v)| (&id[..], v.as_slice()))
-                .chain(std::iter::once((HEAD, head.as_slice())));
-            if let Err(e) = tree.put_all(writes) {
-                tracing::error!(error = %e, "audit records could not be written");
+            }
+            if !events.is_empty() {
+                self.append(events);
+            }
+            for ack in waiting {
+                let _ = ack.send(());
+            }
+            // Retention: on every batch while over the count, and at least
+            // once a minute for age.
+            if self.count.saturating_sub(self.first()) > self.retention.max_records
+                || std::time::Instant::now() >= next_prune
+            {
+                self.prune();
+                next_prune = std::time::Instant::now() + std::time::Duration::from_secs(60);
             }
         }
-        for ack in waiting {
-            let _ = ack.send(());
+    }
+
+    /// Chains and writes one batch; until it is written, retries it and
+    /// keeps the log marked unhealthy (new calls are refused meanwhile).
+    fn append(&mut self, events: Vec<Event>) {
+        let time_ms = now_ms();
+        let mut last = self.last.clone();
+        let mut records = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let sequence = self.count + i as u64;
+            let hash = chain_hash(&last, sequence, time_ms, &event);
+            last.clone_from(&hash);
+            records.push(Record {
+                sequence,
+                time_ms,
+                event,
+                hash,
+            });
         }
+        let head = Head {
+            count: self.count + records.len() as u64,
+            last_hash: last.clone(),
+        };
+        let mut failed = false;
+        loop {
+            // Never let the store meet a full disk: hold the batch instead.
+            let free = free_bytes(&self.retention.data_dir).unwrap_or(u64::MAX);
+            let attempt = if free < self.retention.min_free_bytes {
+                Err(AppError::Unavailable(format!(
+                    "{} MiB free on the data directory's filesystem, below keystore.min_free_mb \
+                     ({} MiB)",
+                    free >> 20,
+                    self.retention.min_free_bytes >> 20
+                )))
+            } else {
+                self.write(&records, &head)
+            };
+            match attempt {
+                Ok(()) => break,
+                Err(e) => {
+                    self.stats
+                        .write_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if !failed {
+                        tracing::error!(error = %e, records = records.len(),
+                            "AUDIT LOG UNWRITABLE: refusing calls until these records are written");
+                    }
+                    failed = true;
+                    self.healthy
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(RETRY);
+                }
+            }
+        }
+        if failed {
+            tracing::warn!("audit log writable again; serving calls");
+            self.healthy
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.count = head.count;
+        self.last = last;
+    }
+
+    fn write(&self, records: &[Record], head: &Head) -> Result<(), AppError> {
+        let mut rows = Vec::with_capacity(records.len() + 1);
+        for record in records {
+            rows.push((record.sequence.to_be_bytes().to_vec(), to_json(record)?));
+        }
+        rows.push((HEAD.to_vec(), to_json(head)?));
+        self.tree
+            .put_all(rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
+        Ok(())
+    }
+
+    /// The first record kept (after the last prune).
+    fn first(&self) -> u64 {
+        checkpoint(&self.tree).ok().flatten().map_or(0, |c| c.first)
+    }
+
+    /// Removes what retention no longer keeps, one atomic step (records
+    /// and the new checkpoint together) at a time.
+    fn prune(&mut self) {
+        let cutoff_ms = now_ms().saturating_sub(self.retention.max_age.as_millis() as u64);
+        loop {
+            let (mut first, mut previous) = match checkpoint(&self.tree) {
+                Ok(Some(c)) => (c.first, c.previous_hash),
+                Ok(None) => (0, genesis()),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit checkpoint unreadable; not pruning");
+                    return;
+                }
+            };
+            let keep_from_count = self.count.saturating_sub(self.retention.max_records);
+            let mut doomed = Vec::new();
+            while first < self.count && (doomed.len() as u64) < PRUNE_STEP {
+                let record = match read(&self.tree, first) {
+                    Ok(Some(r)) => r,
+                    _ => break,
+                };
+                if first >= keep_from_count && record.time_ms >= cutoff_ms {
+                    break;
+                }
+                previous = record.hash;
+                doomed.push(first.to_be_bytes());
+                first += 1;
+            }
+            if doomed.is_empty() {
+                return;
+            }
+            let cp = Checkpoint {
+                first,
+                previous_hash: previous,
+                pruned_at_ms: now_ms(),
+            };
+            let Ok(bytes) = to_json(&cp) else { return };
+            match self.tree.apply(
+                [(CHECKPOINT, bytes.as_slice())],
+                doomed.iter().map(|k| &k[..]),
+            ) {
+                Ok(()) => {
+                    self.stats
+                        .pruned
+                        .fetch_add(doomed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        pruned = doomed.len(),
+                        first_kept = first,
+                        "audit records pruned by retention"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "pruning the audit log failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// JSON for what the writer stores; an error, never silently empty.
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, AppError> {
+    serde_json::to_vec(value).map_err(|e| AppError::Internal(format!("audit record: {e}")))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn checkpoint(tree: &Tree) -> Result<Option<Checkpoint>, AppError> {
+    match tree.get(CHECKPOINT)? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| AppError::Internal(format!("audit checkpoint: {e}"))),
     }
 }
 
@@ -257,7 +489,9 @@ fn read(tree: &Tree, sequence: u64) -> Result<Option<Record>, AppError> {
 pub fn export(store: &Store, from: u64) -> Result<Vec<Record>, AppError> {
     let tree = store.tree(TREE, PURPOSE)?;
     let mut out = Vec::new();
-    let mut sequence = from;
+    // Records before the checkpoint were pruned by retention.
+    let first = checkpoint(&tree)?.map_or(0, |c| c.first);
+    let mut sequence = from.max(first);
     while let Some(record) = read(&tree, sequence)? {
         out.push(record);
         sequence += 1;
@@ -265,9 +499,9 @@ pub fn export(store: &Store, from: u64) -> Result<Vec<Record>, AppError> {
     Ok(out)
 }
 
-/// Checks the whole chain. Returns the number of records, or the first
-/// broken link in words.
-pub fn verify(store: &Store) -> Result<u64, String> {
+/// Checks the whole chain from the checkpoint (if records were pruned) to
+/// the head. Returns the range checked, or the first broken link in words.
+pub fn verify(store: &Store) -> Result<Verified, String> {
     let tree = store.tree(TREE, PURPOSE).map_err(|e| e.to_string())?;
     let head: Option<Head> = match tree.get(HEAD) {
         Ok(Some(bytes)) => Some(
@@ -277,8 +511,12 @@ pub fn verify(store: &Store) -> Result<u64, String> {
         Ok(None) => None,
         Err(e) => return Err(format!("the audit head: {e}")),
     };
-    let mut last = genesis();
-    let mut sequence = 0u64;
+    let (mut sequence, mut last) = match checkpoint(&tree) {
+        Ok(Some(c)) => (c.first, c.previous_hash),
+        Ok(None) => (0, genesis()),
+        Err(e) => return Err(format!("the audit checkpoint: {e}")),
+    };
+    let first = sequence;
     loop {
         let record = match tree.get(&sequence.to_be_bytes()) {
             Ok(Some(bytes)) => serde_json::from_slice::<Record>(&bytes)
@@ -311,7 +549,20 @@ pub fn verify(store: &Store) -> Result<u64, String> {
     } else if sequence > 0 {
         return Err("the audit head is missing".into());
     }
-    Ok(sequence)
+    Ok(Verified {
+        first,
+        end: sequence,
+    })
+}
+
+/// What [`verify`] checked: records `first..end` (those before `first` were
+/// pruned by retention; the chain is anchored at the checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The first record kept.
+    pub first: u64,
+    /// One past the last record.
+    pub end: u64,
 }
 
 /// RFC 3339 UTC time of a record.

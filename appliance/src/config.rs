@@ -39,6 +39,29 @@ pub struct Config {
     /// What the daemon logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// How long the audit log keeps records.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// Audit retention: records beyond either bound are pruned (a checkpoint
+/// keeps the chain verifiable). Export what must be kept longer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Records older than this many days are pruned.
+    pub retain_days: u64,
+    /// At most this many records are kept (about 900 bytes each on disk).
+    pub retain_records: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retain_days: 90,
+            retain_records: 5_000_000,
+        }
+    }
 }
 
 /// The per-call log line (the audit log records every call regardless).
@@ -138,6 +161,10 @@ pub struct KeystoreConfig {
     /// for recently read or written records.
     #[serde(default = "default_cache_mb")]
     pub cache_mb: u64,
+    /// Free space (MiB) the store keeps in reserve: below it, calls are
+    /// refused rather than recorded into a full disk.
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
 }
 
 /// The inference engine's pool and request bounds.
@@ -185,6 +212,9 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_min_free_mb() -> u64 {
+    256
+}
 fn default_cache_mb() -> u64 {
     keystore::DEFAULT_CACHE_BYTES >> 20
 }
@@ -284,6 +314,12 @@ impl Config {
         if self.keystore.cache_mb == 0 || self.keystore.cache_mb > 65_536 {
             return Err("keystore.cache_mb: must be between 1 and 65536".into());
         }
+        if self.audit.retain_days == 0 || self.audit.retain_days > 36_500 {
+            return Err("audit.retain_days: must be between 1 and 36500".into());
+        }
+        if self.audit.retain_records < 10 {
+            return Err("audit.retain_records: must be at least 10".into());
+        }
         if self.inference.queue == 0 {
             return Err("inference.queue: must be at least 1".into());
         }
@@ -346,6 +382,16 @@ impl Config {
     /// Handshake deadline.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.server.handshake_timeout_ms)
+    }
+
+    /// What the audit log keeps.
+    pub fn audit_retention(&self) -> crate::audit::Retention {
+        crate::audit::Retention {
+            max_age: Duration::from_secs(self.audit.retain_days * 86_400),
+            max_records: self.audit.retain_records,
+            data_dir: self.keystore.data_dir.clone(),
+            min_free_bytes: self.keystore.min_free_mb << 20,
+        }
     }
 
     /// Idle deadline.

@@ -72,7 +72,7 @@ pub fn start(config: Config, store: Store) -> Result<(Arc<AppState>, AuditWriter
         0 => Pool::per_core(config.inference.queue),
         n => Pool::new(n, config.inference.queue),
     };
-    let (audit, writer) = AuditLog::start(&store)?;
+    let (audit, writer) = AuditLog::start(&store, config.audit_retention())?;
     let update_root = updates::root_version(&store)?;
     if config.models.allow_unsigned {
         tracing::warn!(

@@ -329,8 +329,19 @@ fn install(
 fn verify(config: &Config) -> anyhow::Result<()> {
     let store = appliance::open_store(config).context("opening the keystore")?;
     match appliance::audit::verify(&store) {
-        Ok(n) => {
-            println!("audit log intact: {n} records, hash chain verified");
+        Ok(v) if v.first == 0 => {
+            println!("audit log intact: {} records, hash chain verified", v.end);
+            Ok(())
+        }
+        Ok(v) => {
+            println!(
+                "audit log intact: records {} to {} ({} kept), hash chain verified from the \
+                 retention checkpoint (records before {} were pruned)",
+                v.first,
+                v.end.saturating_sub(1),
+                v.end - v.first,
+                v.first
+            );
             Ok(())
         }
         Err(broken) => anyhow::bail!("audit log damaged: {broken}"),

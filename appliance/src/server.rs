@@ -325,7 +325,8 @@ fn metrics(state: &AppState, peer: &Option<Peer>) -> http::Response<tonic::body:
                 .iter()
                 .filter(|(_, _, r)| *r == inference::Readiness::Ready)
                 .count();
-            let text = state.metrics.render(state.pool.queue_depth(), models_ready);
+            let mut text = state.metrics.render(state.pool.queue_depth(), models_ready);
+            text.push_str(&audit_metrics(&state.audit));
             call.succeed(text.len() as u64);
             reply(200, text)
         }
@@ -338,6 +339,25 @@ fn metrics(state: &AppState, peer: &Option<Peer>) -> http::Response<tonic::body:
             reply(code, format!("{}\n", status.message()))
         }
     }
+}
+
+/// The audit log's health, failed writes and pruned records.
+fn audit_metrics(audit: &crate::audit::AuditLog) -> String {
+    let stats = audit.stats();
+    format!(
+        "# HELP appliance_audit_healthy 1 while audit records are written; 0 while calls are refused.\n\
+         # TYPE appliance_audit_healthy gauge\n\
+         appliance_audit_healthy {}\n\
+         # HELP appliance_audit_write_failures_total Audit batch writes that failed (and were retried).\n\
+         # TYPE appliance_audit_write_failures_total counter\n\
+         appliance_audit_write_failures_total {}\n\
+         # HELP appliance_audit_pruned_total Audit records removed by retention.\n\
+         # TYPE appliance_audit_pruned_total counter\n\
+         appliance_audit_pruned_total {}\n",
+        u8::from(audit.healthy()),
+        stats.write_failures.load(Ordering::Relaxed),
+        stats.pruned.load(Ordering::Relaxed),
+    )
 }
 
 /// A stream that fails once neither side has moved a byte for `timeout`,

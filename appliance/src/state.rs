@@ -68,6 +68,9 @@ pub struct Call<'a> {
     version: String,
     bytes_in: u64,
     started: Instant,
+    /// Refused because the audit log cannot be written: not queued there
+    /// (the refusal is logged and counted instead).
+    unrecordable: bool,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
             version: clip(version),
             bytes_in,
             started: Instant::now(),
+            unrecordable: false,
         };
         match self.authorize(peer, need, &mut call) {
             Ok(()) => Ok(call),
@@ -119,6 +123,13 @@ impl AppState {
         need: Need<'_>,
         call: &mut Call<'_>,
     ) -> Result<(), AppError> {
+        // A call the audit log cannot record is not served (G7).
+        if !self.audit.healthy() {
+            call.unrecordable = true;
+            return Err(AppError::Unavailable(
+                "the audit log cannot be written; calls are refused until it can".into(),
+            ));
+        }
         let id = match peer.map(|p| p.0.as_ref()) {
             Some(Ok(id)) => id,
             Some(Err(why)) => return Err(AppError::Unauthenticated(why.clone())),
@@ -178,6 +189,7 @@ impl AppState {
             version: String::new(),
             bytes_in: 0,
             started: Instant::now(),
+            unrecordable: false,
         };
         call.record(outcome, 0);
     }
@@ -216,6 +228,7 @@ impl Call<'_> {
         let latency = self.started.elapsed();
         let latency_us = latency.as_micros() as u64;
         let log = match self.state.config.log.calls {
+            _ if self.unrecordable => true,
             LogCalls::All => true,
             LogCalls::Failures => outcome != "OK",
             LogCalls::None => false,
@@ -236,6 +249,9 @@ impl Call<'_> {
         self.state
             .metrics
             .observe(&self.rpc, outcome, &self.model, latency);
+        if self.unrecordable {
+            return;
+        }
         self.state.audit.record(Event {
             client: self.client,
             rpc: self.rpc.into_owned(),

@@ -402,7 +402,35 @@ impl Tree {
         self.store.flush()
     }
 
+    /// Stores `puts` and removes `removes` atomically (all or none, even
+    /// across a crash), then flushes. Durable when this returns.
+    pub fn apply<'a>(
+        &self,
+        puts: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        removes: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (id, value) in puts {
+            let (record_hash, sealed) = self.seal(id, value)?;
+            batch.insert(&record_hash[..], sealed);
+        }
+        for id in removes {
+            if id.len() <= MAX_ID_LEN {
+                batch.remove(&self.record_hash(id)[..]);
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        self.store.flush()
+    }
+
     fn put_unflushed(&self, id: &[u8], value: &[u8]) -> Result<()> {
+        let (record_hash, sealed) = self.seal(id, value)?;
+        self.tree.insert(record_hash, sealed)?;
+        Ok(())
+    }
+
+    /// The sealed form of a record and the hashed id it is stored under.
+    fn seal(&self, id: &[u8], value: &[u8]) -> Result<([u8; 32], Vec<u8>)> {
         check_len("record id", id.len(), MAX_ID_LEN)?;
         check_len("record value", value.len(), MAX_VALUE_LEN)?;
         let (key_id, key) = self.store.data_key_for(&self.purpose)?;
@@ -420,8 +448,7 @@ impl Tree {
         sealed.extend_from_slice(&key_id);
         sealed.extend_from_slice(&nonce);
         sealed.extend_from_slice(&body);
-        self.tree.insert(record_hash, sealed)?;
-        Ok(())
+        Ok((record_hash, sealed))
     }
 
     /// The value stored under `id`, if any.

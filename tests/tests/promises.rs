@@ -187,3 +187,155 @@ fn the_log_has_a_line_per_failed_call_only_unless_asked() {
         .count();
     assert_eq!(live, 4);
 }
+
+#[test]
+fn the_audit_log_keeps_what_retention_says_and_verifies_from_its_checkpoint() {
+    let mut app = Appliance::start_with("", "[audit]\nretain_records = 30\n", None);
+    let certs = app.client("counted");
+    app.grant("counted", "*");
+    for _ in 0..60 {
+        assert_eq!(app.triton(&certs, &["call", "live"])["ok"], true);
+    }
+    let out = app.dir.path().join("audit.jsonl");
+    app.provision_ok(&["audit", "export", "--out", out.to_str().unwrap()]);
+    let sequences: Vec<u64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let first = sequences[0];
+    assert!(
+        first > 20,
+        "records from {first} on are still kept: {sequences:?}"
+    );
+    assert!(
+        sequences.len() <= 40,
+        "{} records kept, bound 30 (+ a batch)",
+        sequences.len()
+    );
+    assert!(
+        sequences.windows(2).all(|w| w[1] == w[0] + 1),
+        "{sequences:?}"
+    );
+    app.stop();
+    let (ok, text) = app.audit_verify();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("verified from the retention checkpoint"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_filling_disk_refuses_calls_before_the_store_fails_and_loses_nothing() {
+    let mut app = Appliance::start("");
+    let certs = app.client("busy");
+    app.grant("busy", "*");
+    app.stop();
+    // Relaunch with the data directory on a small tmpfs of its own mount
+    // namespace (so the test can fill that disk), keeping 16 MiB in reserve.
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    std::fs::write(
+        &app.config,
+        config.replace("[keystore]\n", "[keystore]\nmin_free_mb = 16\n"),
+    )
+    .unwrap();
+    let data = app.dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let script = format!(
+        "set -e; cp -a {data} {data}.seed; mount -t tmpfs -o size=48m tmpfs {data}; \
+         cp -a {data}.seed/. {data}/; exec \"$0\" \"$@\""
+    );
+    let unshare: &[&str] = if is_root() {
+        &["unshare", "--mount", "--propagation", "private"]
+    } else {
+        &[
+            "unshare",
+            "--mount",
+            "--map-root-user",
+            "--propagation",
+            "private",
+        ]
+    };
+    let mut wrapper = unshare.to_vec();
+    wrapper.extend(["sh", "-c", &script]);
+    app.launch_wrapped(&wrapper);
+    assert_eq!(app.triton(&certs, &["call", "live"])["ok"], true);
+
+    // Leave 8 MiB free under the daemon, below its reserve: fill the disk,
+    // then give 8 MiB back.
+    let inside = format!("/proc/{}/root{data}", app.pid());
+    let filler = format!("{inside}/filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 1 << 20];
+    while std::io::Write::write_all(&mut f, &block).is_ok() {}
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - (8 << 20)).unwrap();
+    drop(f);
+
+    let flood = app.triton(&certs, &["flood", "3000"]);
+    let refused = flood["UNAVAILABLE"].as_u64().unwrap_or(0);
+    assert!(
+        refused > 0,
+        "calls were never refused with a full disk: {flood}"
+    );
+    assert!(
+        flood["messages"]["UNAVAILABLE"]
+            .as_str()
+            .unwrap()
+            .contains("audit log"),
+        "{flood}"
+    );
+    let log = app.log_text();
+    assert!(
+        log.contains("AUDIT LOG UNWRITABLE") && log.contains("below keystore.min_free_mb"),
+        "{log}"
+    );
+    // (No model is installed: calls that got through were answered
+    // NOT_FOUND, and audited.)
+    let answered = flood["NOT_FOUND"].as_u64().unwrap_or(0);
+    println!("disk at its reserve: {answered} calls answered before, {refused} refused");
+
+    // Space again: the held batch is written, calls are served again.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.triton(&certs, &["call", "live"])["ok"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "calls were not served again after space returned: {}",
+            app.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(app.log_text().contains("audit log writable again"));
+    // Every answered call is in the chain, which has no gap.
+    let out = app.dir.path().join("audit.jsonl");
+    app.provision_ok(&["audit", "export", "--out", out.to_str().unwrap()]);
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records
+            .windows(2)
+            .all(|w| w[1]["sequence"].as_u64() == w[0]["sequence"].as_u64().map(|s| s + 1))
+    );
+    let recorded = records
+        .iter()
+        .filter(|r| r["client"] == "busy" && r["outcome"] == "NOT_FOUND")
+        .count() as u64;
+    assert_eq!(recorded, answered, "every answered call was recorded");
+    app.stop();
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
