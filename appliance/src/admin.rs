@@ -365,6 +365,24 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn remove_model_line(
+        &self,
+        request: Request<RemoveModelLineRequest>,
+    ) -> Result<Response<RemoveModelLineResponse>, Status> {
+        let call = self
+            .state
+            .begin(&request, "RemoveModelLine", Need::Admin, "", 0)?;
+        let client = call.client().to_owned();
+        let name = request.into_inner().name;
+        let state = self.state.clone();
+        let result = blocking(move || {
+            let name = ModelName::parse(&name)?;
+            state.updates.remove_line(&state, name.as_str(), &client)
+        })
+        .await;
+        call.finish(result.map(|existed| RemoveModelLineResponse { existed }))
+    }
+
     async fn list_model_lines(
         &self,
         request: Request<ListModelLinesRequest>,

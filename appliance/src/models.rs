@@ -131,6 +131,15 @@ pub fn remove(
         .remove(format!("{name}/{version}").as_bytes())?;
     store.remove_blob(&blob(name, version, "onnx"))?;
     store.remove_blob(&blob(name, version, "tokenizer"))?;
+    // The line's last version gone: destroy its data key, so a copy of
+    // the disk taken before cannot decrypt the model either.
+    if existed && !has_unsigned(store, name)? {
+        store.shred(&purpose(name))?;
+        tracing::info!(
+            model = name,
+            "model line removed; its data key was shredded"
+        );
+    }
     Ok(unloaded || existed)
 }
 

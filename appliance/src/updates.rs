@@ -283,7 +283,12 @@ impl Updates {
             .map(|line| {
                 let phase = match (phases.get(&line.name), &line.active) {
                     (Some(p), _) => (*p).to_owned(),
-                    (None, _) if line.last.starts_with("rolled back") => line.last.clone(),
+                    (None, _)
+                        if line.last.starts_with("rolled back")
+                            || line.last.starts_with("removed") =>
+                    {
+                        line.last.clone()
+                    }
                     (None, Some(_)) => "serving".to_owned(),
                     (None, None) => "empty".to_owned(),
                 };
@@ -833,6 +838,57 @@ impl Updates {
             "rolled back"
         );
         Ok(previous)
+    }
+}
+
+impl Updates {
+    /// Removes a signed model line: it stops serving (requests in flight
+    /// finish), its images and record are deleted, and its data key is
+    /// shredded, so no copy of the disk can decrypt them afterwards.
+    /// Blocking. Returns false if there was no such line.
+    pub fn remove_line(
+        &self,
+        state: &AppState,
+        name: &str,
+        client: &str,
+    ) -> Result<bool, AppError> {
+        let _busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut line) = load_lines(state)?.remove(name) else {
+            return Ok(false);
+        };
+        if line.active.is_none() && line.previous.is_none() && line.last.starts_with("removed") {
+            return Ok(false);
+        }
+        for installed in [&line.active, &line.previous].into_iter().flatten() {
+            state.registry.unload(name, installed.version);
+        }
+        let slots = line
+            .active
+            .iter()
+            .chain(&line.previous)
+            .map(|i| i.slot)
+            .chain(line.pending.iter().map(|p| p.slot))
+            .chain(line.garbage.iter().copied());
+        for slot in slots {
+            remove_slot(state, name, slot);
+        }
+        // The record stays, emptied: the floor and the rejected digests
+        // still hold if the line is installed again.
+        line.active = None;
+        line.previous = None;
+        line.pending = None;
+        line.garbage.clear();
+        line.last = format!("removed by {client}; its data key was shredded");
+        save_line(state, &line)?;
+        state.store.shred(&models::purpose(name))?;
+        audit_step(state, client, "RemoveModelLine", name, "", Ok(()));
+        state.audit.flush();
+        tracing::info!(
+            model = name,
+            client,
+            "model line removed; its data key was shredded"
+        );
+        Ok(true)
     }
 }
 

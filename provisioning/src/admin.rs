@@ -426,6 +426,19 @@ impl AdminSession {
         Ok(resp.into_inner().lines)
     }
 
+    /// Removes a signed line and shreds its key; returns whether it existed.
+    pub async fn remove_model_line(&mut self, name: &ModelName) -> Result<bool> {
+        let resp = self
+            .client
+            .remove_model_line(wire::admin::RemoveModelLineRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(rpc_error("RemoveModelLine"))?
+            .into_inner();
+        Ok(resp.existed)
+    }
+
     /// Switches a signed line back to its previous release; returns
     /// (release, version) now serving.
     pub async fn rollback_model(&mut self, name: &ModelName) -> Result<(u64, u64)> {

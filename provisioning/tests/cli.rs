@@ -492,6 +492,7 @@ fn help_for_every_command() {
         &["audit", "export"],
         &["model", "update"],
         &["model", "rollback"],
+        &["model", "remove"],
         &["model", "load"],
         &["model", "list"],
         &["model", "unload"],

@@ -89,6 +89,13 @@ impl Admin for FakeAdmin {
         Ok(Response::new(ListModelLinesResponse { lines: vec![] }))
     }
 
+    async fn remove_model_line(
+        &self,
+        _req: Request<RemoveModelLineRequest>,
+    ) -> Result<Response<RemoveModelLineResponse>, Status> {
+        Err(Status::unimplemented("not in the stand-in"))
+    }
+
     async fn put_grant(&self, req: Request<Grant>) -> Result<Response<PutGrantResponse>, Status> {
         self.note_peer(&req);
         let grant = req.into_inner();

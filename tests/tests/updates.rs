@@ -682,3 +682,45 @@ fn a_mirror_and_a_local_directory_are_sources_too() {
     let certs = ready_client(&mut app);
     infer_ok(&app, &certs);
 }
+
+#[test]
+fn removing_a_model_line_shreds_its_key_for_good() {
+    let mut app = Appliance::start("");
+    app.update_from(&vendor().repo(), &["--model", "digits"]);
+    let certs = ready_client(&mut app);
+    infer_ok(&app, &certs);
+    let data = app.dir.path().join("data");
+    // What a thief copying the disk now would hold.
+    let copy = test_support::files_under(&data.join("blobs"));
+    let text = app.provision_ok(&["model", "remove", "digits"]);
+    assert!(text.contains("its data key was shredded"), "{text}");
+    let r = app.triton(&certs, &["call", "infer"]);
+    assert_eq!(r["code"], "NOT_FOUND", "{r}");
+    let (_, row) = line(&app, "digits");
+    assert!(row.contains("removed by ops-admin"), "{row}");
+    app.stop();
+
+    // The copy put back, read with this very TPM: the key is gone.
+    for (path, bytes) in &copy {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let backend = keystore::TpmBackend::new(&app.tpm.tcti(), "sha256:16".parse().unwrap()).unwrap();
+    let store = keystore::Store::open(&data, Box::new(backend)).unwrap();
+    for part in ["onnx", "vectors"] {
+        match store.open_blob(&format!("update/digits/1/{part}")) {
+            Err(keystore::Error::Shredded { .. }) => {}
+            other => panic!(
+                "{part}: expected a shredded key, got {:?}",
+                other.map(|_| "a readable blob")
+            ),
+        }
+    }
+    drop(store);
+    // Installed again, it serves under a new key.
+    app.launch();
+    assert!(
+        app.update_from(&vendor().repo(), &["--model", "digits"])
+            .contains("installed digits release 1")
+    );
+    infer_ok(&app, &certs);
+}

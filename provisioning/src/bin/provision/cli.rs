@@ -445,6 +445,22 @@ pub enum ModelCmd {
         /// The model line.
         name: ModelName,
     },
+    /// Remove a signed model line and crypto-shred its data key.
+    #[command(
+        long_about = "Remove a signed model line (RemoveModelLine): it stops serving (requests \
+            in flight finish), its images are deleted, and its data key is destroyed, so no \
+            copy of the appliance's disk can decrypt them afterwards. Audited. The line's release \
+            floor and rejected images are kept: a later `model update` installs it again only \
+            from a release at or above that floor.\n\n\
+            Reads: <admin>/ca.pem, cert.pem, key.pem.",
+        after_long_help = ONLINE_HELP
+    )]
+    Remove {
+        #[command(flatten)]
+        conn: Conn,
+        /// The model line.
+        name: ModelName,
+    },
     /// Upload a raw ONNX model, unsigned (development appliances only).
     #[command(
         long_about = "Upload a raw, unsigned model to the appliance (LoadModel): a header with \

@@ -244,6 +244,15 @@ pub async fn model(cmd: ModelCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        ModelCmd::Remove { conn, name } => {
+            let mut session = connect(&conn).await?;
+            if session.remove_model_line(&name).await? {
+                println!("removed model line {name}; its data key was shredded");
+            } else {
+                println!("no signed model line {name}");
+            }
+            Ok(())
+        }
         ModelCmd::Rollback { conn, name } => {
             let mut session = connect(&conn).await?;
             let (release, version) = session.rollback_model(&name).await?;
