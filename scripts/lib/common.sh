@@ -76,3 +76,32 @@ stop_demo() {
         rm -f "$dir/swtpm.pid"
     fi
 }
+
+# cargo-deny, pinned, installed once into ~/.cargo/bin (about 3 minutes).
+CARGO_DENY_VERSION=0.20.2
+ensure_cargo_deny() {
+    if ! cargo deny --version 2>/dev/null | grep -q " $CARGO_DENY_VERSION\$"; then
+        say "installing cargo-deny $CARGO_DENY_VERSION (once)"
+        cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
+    fi
+}
+
+# Checks Cargo.lock: RustSec advisories, licences, bans, sources (deny.toml).
+# The advisory database is the offline snapshot in ../shared/rustsec when it
+# exists (these machines cannot fetch it), else cargo-deny fetches it.
+check_supply_chain() {
+    ensure_cargo_deny
+    local bundle="$ROOT/../shared/rustsec/advisory-db.bundle"
+    # cargo-deny looks for the database under this name (its default URL's).
+    local db="$ROOT/target/advisory-db/advisory-db-3157b0e258782691"
+    cargo fetch --locked --quiet
+    if [ -f "$bundle" ]; then
+        if [ ! -d "$db" ] || [ "$bundle" -nt "$db" ]; then
+            rm -rf "$db"
+            git -c advice.defaultBranchName=false clone --quiet "$bundle" "$db"
+        fi
+        cargo deny --offline --log-level error check
+    else
+        cargo deny --log-level error check
+    fi
+}
