@@ -51,7 +51,8 @@ pub struct Config {
 pub struct AuditConfig {
     /// Records older than this many days are pruned.
     pub retain_days: u64,
-    /// At most this many records are kept (about 900 bytes each on disk).
+    /// At most this many records are kept (each costs about 900 bytes of
+    /// disk and, in the store's index, about 75 bytes of memory).
     pub retain_records: u64,
 }
 
@@ -59,7 +60,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             retain_days: 90,
-            retain_records: 5_000_000,
+            retain_records: 1_000_000,
         }
     }
 }

@@ -18,45 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::median_p99;
-use bytes::Bytes;
+use benches::{Case, cases, connect, median_p99, request};
 use inference::{InputTensor, Limits, Model, ModelSource};
 use tests::Appliance;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use wire::inference::ModelInferRequest;
-use wire::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use wire::inference::model_infer_request::InferInputTensor;
-
-struct Case {
-    model: &'static str,
-    input: &'static str,
-    datatype: &'static str,
-    shape: Vec<i64>,
-    data: Vec<u8>,
-}
-
-fn cases() -> Vec<Case> {
-    let x = std::fs::read(test_support::models_dir().join("digits_test_x.f32")).unwrap();
-    let sentence = b"The weather is lovely today.";
-    let mut text = (sentence.len() as u32).to_le_bytes().to_vec();
-    text.extend_from_slice(sentence);
-    vec![
-        Case {
-            model: "digits",
-            input: "input",
-            datatype: "FP32",
-            shape: vec![1, 1, 8, 8],
-            data: x[..256].to_vec(),
-        },
-        Case {
-            model: "minilm",
-            input: "text",
-            datatype: "BYTES",
-            shape: vec![1],
-            data: text,
-        },
-    ]
-}
 
 fn main() {
     let seconds: f64 = std::env::var("BENCH_SECONDS")
@@ -198,37 +162,6 @@ fn in_process_throughput(model: &Arc<Model>, case: &Case, threads: usize, budget
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     counts.iter().sum::<usize>() as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn connect(address: &str, certs: &Path) -> GrpcInferenceServiceClient<Channel> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |f: &str| std::fs::read(certs.join(f)).unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .identity(Identity::from_pem(read("cert.pem"), read("key.pem")))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{address}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    GrpcInferenceServiceClient::new(channel)
-}
-
-fn request(case: &Case) -> ModelInferRequest {
-    ModelInferRequest {
-        model_name: case.model.into(),
-        inputs: vec![InferInputTensor {
-            name: case.input.into(),
-            datatype: case.datatype.into(),
-            shape: case.shape.clone(),
-            ..Default::default()
-        }],
-        raw_input_contents: vec![Bytes::from(case.data.clone())],
-        ..Default::default()
-    }
 }
 
 async fn spawned<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {

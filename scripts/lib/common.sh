@@ -45,11 +45,12 @@ ensure_rust() {
 }
 
 # Two consecutive free loopback ports (swtpm wants its control port next to
-# its command port); prints the first.
+# its command port); prints the first. Below Linux's ephemeral range (32768
+# and up), so no outgoing connection takes them meanwhile.
 free_port_pair() {
     local p
     for _ in $(seq 1 200); do
-        p=$(( (RANDOM % 15000) * 2 + 20000 ))
+        p=$(( (RANDOM % 6383) * 2 + 20000 ))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null \
             && ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 1))") 2>/dev/null; then
             echo "$p"

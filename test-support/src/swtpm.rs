@@ -102,7 +102,14 @@ impl Swtpm {
                 }
                 // Probe the control channel, not the command channel, so the
                 // TPM's single command connection stays untouched.
-                if TcpStream::connect(("127.0.0.1", port + 1)).is_ok() {
+                // Both sockets: swtpm may listen on its control port before
+                // its command port, and a TCTI that connects to a port with
+                // no listener can end up connected to itself (TCP
+                // self-connect), which it reports as "response code not
+                // recognized".
+                if TcpStream::connect(("127.0.0.1", port + 1)).is_ok()
+                    && TcpStream::connect(("127.0.0.1", port)).is_ok()
+                {
                     self.child = Some(child);
                     self.port = port;
                     return;
@@ -126,9 +133,11 @@ impl Drop for Swtpm {
 }
 
 fn candidate_port() -> u16 {
-    // Even ports in 20000..60000, spread by pid, stepping by 2 per attempt.
+    // Even ports in 20000..32766, spread by pid, stepping by 2 per attempt:
+    // below Linux's ephemeral range (32768 and up), so no outgoing
+    // connection takes one while swtpm starts.
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let base = (std::process::id() as u64 * 7919 + u64::from(n) * 2) % 20000;
+    let base = (std::process::id() as u64 * 7919 + u64::from(n)) % 6383;
     20000 + (base as u16) * 2
 }
 

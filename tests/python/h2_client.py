@@ -7,6 +7,11 @@ Usage: h2_client.py --url HOST:PORT --certs DIR COMMAND ...
   hold-stream SECONDS           open one request stream (headers, no body, never ended),
                                 print "holding", wait at most SECONDS for the server to close
                                 the connection; JSON {closed_after, goaway}
+  flood KIND COUNT               send COUNT abusive frames of KIND as fast as possible, reading
+                                nothing back: ping, settings, reset (open a stream and reset it
+                                at once: "rapid reset"), continuation (one HEADERS without
+                                END_HEADERS, then CONTINUATION frames); JSON {sent, closed_after,
+                                goaway, error_code, seconds}
 closed_after is the seconds until the server closed the connection (GOAWAY or EOF), null if
 it stayed open.
 """
@@ -111,6 +116,85 @@ def hold_stream(args):
     print(json.dumps({"closed_after": closed, "goaway": False}))
 
 
+def flood(args):
+    import hyperframe.frame as hf
+
+    tls, conn = connect(args)
+    pump(tls, conn, 0.2)
+    started = time.monotonic()
+    sent = 0
+    outcome = None
+    error_code = None
+    headers = [
+        (":method", "POST"), (":scheme", "https"), (":authority", "localhost"),
+        (":path", "/inference.GRPCInferenceService/ServerLive"),
+        ("content-type", "application/grpc"), ("te", "trailers"),
+    ]
+    try:
+        if args.kind == "continuation":
+            # Raw frames: h2 would refuse to write this itself.
+            block = conn.encoder.encode(headers)
+            first = hf.HeadersFrame(1)
+            first.data = block
+            tls.sendall(first.serialize())
+            piece = hf.ContinuationFrame(1)
+            piece.data = b"\x00" * 1024
+            wire = piece.serialize()
+        for i in range(args.count):
+            if args.kind == "ping":
+                tls.sendall(hf.PingFrame(0, opaque_data=i.to_bytes(8, "big")).serialize())
+            elif args.kind == "settings":
+                f = hf.SettingsFrame(0)
+                f.settings = {hf.SettingsFrame.INITIAL_WINDOW_SIZE: 65535 + (i % 2)}
+                tls.sendall(f.serialize())
+            elif args.kind == "reset":
+                stream = 1 + 2 * i
+                h = hf.HeadersFrame(stream)
+                h.data = conn.encoder.encode(headers)
+                h.flags.add("END_HEADERS")
+                r = hf.RstStreamFrame(stream)
+                r.error_code = 8  # CANCEL
+                tls.sendall(h.serialize() + r.serialize())
+            elif args.kind == "continuation":
+                tls.sendall(wire)
+            else:
+                raise SystemExit(f"unknown flood {args.kind}")
+            sent += 1
+    except (OSError, ssl.SSLError):
+        outcome = "closed"
+    if outcome is None:
+        # Now read: did the server give up on us, and how?
+        deadline = time.monotonic() + args.wait
+        buffer = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([tls], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                data = tls.recv(65536)
+            except (OSError, ssl.SSLError):
+                outcome = "closed"
+                break
+            if not data:
+                outcome = "closed"
+                break
+            buffer += data
+            # Scan whole frames for a GOAWAY (type 7).
+            while len(buffer) >= 9:
+                length = int.from_bytes(buffer[:3], "big")
+                if len(buffer) < 9 + length:
+                    break
+                if buffer[3] == 7 and length >= 8:
+                    outcome = "goaway"
+                    error_code = int.from_bytes(buffer[13:17], "big")
+                buffer = buffer[9 + length:]
+            if outcome:
+                break
+    closed = None if outcome is None else round(time.monotonic() - started, 3)
+    print(json.dumps({"sent": sent, "closed_after": closed, "goaway": outcome == "goaway",
+                      "error_code": error_code, "seconds": round(time.monotonic() - started, 3)}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True)
@@ -121,8 +205,12 @@ def main():
     i.add_argument("interval", type=float)
     h = sub.add_parser("hold-stream")
     h.add_argument("seconds", type=float)
+    f = sub.add_parser("flood")
+    f.add_argument("kind", choices=["ping", "settings", "reset", "continuation"])
+    f.add_argument("count", type=int)
+    f.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the server's verdict")
     args = p.parse_args()
-    {"idle-pings": idle_pings, "hold-stream": hold_stream}[args.command](args)
+    {"idle-pings": idle_pings, "hold-stream": hold_stream, "flood": flood}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use test_support::{models_dir, venv_python, workspace_root};
-use tests::Appliance;
+use tests::{Appliance, vendor};
 
 fn h2(app: &Appliance, certs: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(venv_python());
@@ -338,4 +338,64 @@ fn is_root() -> bool {
         .unwrap()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_ten_second_soak_fails_nothing_and_holds_its_memory() {
+    let mut app = Appliance::start("max_concurrent_streams = 256\n");
+    app.update_from(&vendor().repo(), &["--model", "digits"]);
+    // A small store cache and audit window, so the warm-up reaches both
+    // bounds: the memory they take grows up to them by design (about 75
+    // bytes a kept record), and the test is about what comes after.
+    app.stop();
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    std::fs::write(
+        &app.config,
+        config.replace("[keystore]\n", "[keystore]\ncache_mb = 4\n")
+            + "[audit]\nretain_records = 5000\n",
+    )
+    .unwrap();
+    app.launch();
+    let certs = app.client("soak");
+    app.provision_ok(&[
+        "grant",
+        "--client",
+        "soak",
+        "--models",
+        "*",
+        "--rate",
+        "1000000/s",
+        "--quota",
+        "unlimited",
+    ]);
+    let mut load = app.triton_process(&certs, &["load", "50"]);
+    let mut out = BufReader::new(load.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "running");
+    std::thread::sleep(Duration::from_secs(5));
+    let warm = rss_kib(app.pid());
+    std::thread::sleep(Duration::from_secs(10));
+    let end = rss_kib(app.pid());
+    std::io::Write::write_all(load.stdin.as_mut().unwrap(), b"stop\n").unwrap();
+    let mut json = String::new();
+    out.read_line(&mut json).unwrap();
+    load.wait().unwrap();
+    let totals: serde_json::Value = serde_json::from_str(&json).unwrap();
+    println!("soak: {totals}; resident {warm} KiB after warm-up, {end} KiB at the end");
+    assert_eq!(totals["errors"], serde_json::json!({}), "{totals}");
+    assert!(totals["requests"].as_u64().unwrap() > 500, "{totals}");
+    assert!(
+        end * 10 <= warm * 11,
+        "resident memory grew from {warm} to {end} KiB over 10 s of load"
+    );
 }

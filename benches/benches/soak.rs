@@ -1,0 +1,132 @@
+//! Soak: 50 concurrent mTLS clients for a minute on the int8 digits model,
+//! then on int8 MiniLM, through the appliance binary (TPM keystore, audit
+//! log on). Reports requests, errors (target 0), p50/p99, and the daemon's
+//! resident memory after warm-up and at the end (target: within 10 %, and
+//! within DESIGN §9's bound of 1.5 × the models + 40 MB).
+//!
+//! Run: `cargo build --release -p appliance -p provisioning -p images &&
+//! cargo bench -p benches --bench soak` (after `scripts/models`).
+//! `BENCH_SOAK_SECONDS` sets each run's length (default 60).
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a harness: fail loudly
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use benches::{cases, connect, median_p99, request};
+use tests::Appliance;
+
+const CLIENTS: usize = 50;
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("BENCH_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut app = Appliance::start("max_concurrent_streams = 256\nmax_connections = 4096\n");
+    app.load_reference_models();
+    let certs = app.client("soak");
+    app.provision_ok(&[
+        "grant",
+        "--client",
+        "soak",
+        "--models",
+        "*",
+        "--rate",
+        "1000000/s",
+        "--burst",
+        "1000000",
+        "--quota",
+        "unlimited",
+    ]);
+    let models = test_support::models_dir();
+    let model_mb: f64 = [
+        "digits_cnn_qoperator.onnx",
+        "minilm_dynamic.onnx",
+        "minilm_tokenizer.json",
+    ]
+    .iter()
+    .map(|f| std::fs::metadata(models.join(f)).unwrap().len() as f64)
+    .sum::<f64>()
+        / 1e6
+        * (1e6 / 1048576.0);
+    let bound = 1.5 * model_mb + 40.0;
+    let pid = app.pid();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "\n## Soak: {CLIENTS} clients, {seconds} s per model (models {model_mb:.1} MiB; DESIGN bound {bound:.0} MiB)\n"
+    );
+    println!(
+        "| model | requests | errors | p50 | p99 | RSS after warm-up | RSS at end | end / warm-up |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for case in cases() {
+        let case = Arc::new(case);
+        let address = app.address.to_string();
+        let warm = Duration::from_secs((seconds / 10).max(3));
+        runtime.block_on(run(&address, &certs, &case, warm));
+        let before = rss_mb(pid);
+        let (latencies, errors) =
+            runtime.block_on(run(&address, &certs, &case, Duration::from_secs(seconds)));
+        let after = rss_mb(pid);
+        let mut latencies = latencies;
+        let n = latencies.len();
+        let (p50, p99) = median_p99(&mut latencies);
+        println!(
+            "| {} | {n} | {errors} | {:.2} ms | {:.2} ms | {before:.0} MiB | {after:.0} MiB | {:.3} |",
+            case.model,
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            after / before
+        );
+    }
+    app.stop();
+}
+
+/// `CLIENTS` clients (one connection each) calling in a loop for `budget`.
+async fn run(
+    address: &str,
+    certs: &std::path::Path,
+    case: &Arc<benches::Case>,
+    budget: Duration,
+) -> (Vec<Duration>, u64) {
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for _ in 0..CLIENTS {
+        let mut client = connect(address, certs).await;
+        let message = request(case);
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while started.elapsed() < budget {
+                let t = Instant::now();
+                match client.model_infer(message.clone()).await {
+                    Ok(_) => samples.push(t.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            samples
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    (all, errors.load(Ordering::Relaxed))
+}
