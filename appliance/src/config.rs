@@ -136,6 +136,11 @@ pub struct ServerConfig {
     /// How long it waits for the ping's answer before closing.
     #[serde(default = "default_keepalive_timeout_s")]
     pub keepalive_timeout_s: u64,
+    /// A connection whose client has taken none of a finished response for
+    /// this long (its receive window stays shut) is closed, and the memory
+    /// its answers hold is freed.
+    #[serde(default = "default_stall_s")]
+    pub stall_timeout_s: u64,
     /// Most concurrent requests (HTTP/2 streams) on one connection.
     #[serde(default = "default_streams")]
     pub max_concurrent_streams: u32,
@@ -240,6 +245,9 @@ fn default_keepalive_interval_s() -> u64 {
 fn default_keepalive_timeout_s() -> u64 {
     20
 }
+fn default_stall_s() -> u64 {
+    30
+}
 fn default_streams() -> u32 {
     64
 }
@@ -302,10 +310,14 @@ impl Config {
                 "server.keepalive_interval_s and keepalive_timeout_s must be positive".into(),
             );
         }
-        if s.handshake_timeout_ms == 0 || s.idle_timeout_s == 0 || s.max_concurrent_streams == 0 {
+        if s.handshake_timeout_ms == 0
+            || s.idle_timeout_s == 0
+            || s.stall_timeout_s == 0
+            || s.max_concurrent_streams == 0
+        {
             return Err(
-                "server.handshake_timeout_ms, idle_timeout_s and max_concurrent_streams must be \
-                 positive"
+                "server.handshake_timeout_ms, idle_timeout_s, stall_timeout_s and \
+                 max_concurrent_streams must be positive"
                     .into(),
             );
         }

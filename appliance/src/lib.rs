@@ -12,6 +12,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod error;
+pub mod frames;
 pub mod grants;
 pub mod health;
 pub mod identity;

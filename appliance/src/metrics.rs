@@ -31,6 +31,11 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Handshakes that failed or timed out.
     pub handshakes_failed: AtomicU64,
+    /// Connections cut for flooding control frames (PING, SETTINGS, empty
+    /// DATA).
+    pub cut_flood: AtomicU64,
+    /// Connections cut because the client stopped taking its answers.
+    pub cut_stalled: AtomicU64,
 }
 
 impl Metrics {
@@ -141,6 +146,16 @@ impl Metrics {
                 "appliance_handshakes_failed_total",
                 "TLS handshakes that failed or timed out.",
                 self.handshakes_failed.load(Ordering::Relaxed),
+            ),
+            (
+                "appliance_connections_cut_flood_total",
+                "Connections cut for flooding PING, SETTINGS or empty DATA frames.",
+                self.cut_flood.load(Ordering::Relaxed),
+            ),
+            (
+                "appliance_connections_cut_stalled_total",
+                "Connections cut because the client took no answer for stall_timeout_s.",
+                self.cut_stalled.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

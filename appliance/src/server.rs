@@ -6,12 +6,13 @@
 //! (in-flight requests complete, new ones are refused), wait up to the
 //! configured grace period.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::service::Routes;
 use tower::ServiceExt;
 
+use crate::frames::{Budget, Flood, FrameMeter};
 use crate::identity::client_of;
 use crate::state::{AppState, Need, Peer};
 
@@ -153,7 +155,11 @@ async fn connection(
             }
         })
     };
-    let io = TokioIo::new(Idle::new(tls, state.config.idle_timeout()));
+    let flood = Arc::new(OnceLock::new());
+    let io = TokioIo::new(Metered::new(
+        Idle::new(tls, state.config.idle_timeout()),
+        flood.clone(),
+    ));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     let server = &state.config.server;
     builder
@@ -163,12 +169,31 @@ async fn connection(
         .keep_alive_timeout(Duration::from_secs(server.keepalive_timeout_s));
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
+    let stall = Duration::from_secs(server.stall_timeout_s);
+    let stalled = stalled(activity.clone(), stall);
     let idle = idle(activity, state.config.idle_timeout());
     tokio::select! {
         result = conn.as_mut() => {
-            if let Err(e) = result {
+            if let Some(kind) = flood.get() {
+                state.metrics.cut_flood.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    peer = ?peer_address,
+                    frames = kind.as_str(),
+                    "connection cut: the client flooded control frames"
+                );
+            } else if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+        }
+        () = stalled => {
+            // Not graceful: a graceful close would wait for the very
+            // answers the client refuses to take.
+            state.metrics.cut_stalled.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                peer = ?peer_address,
+                seconds = stall.as_secs(),
+                "connection cut: the client took no answer for stall_timeout_s"
+            );
         }
         _ = stop.recv() => {
             conn.as_mut().graceful_shutdown();
@@ -184,10 +209,16 @@ async fn connection(
     state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Requests open on a connection, and when the last one ended.
+/// Requests open on a connection, when the last one ended, and the answers
+/// still being sent.
 struct Activity {
     open: std::sync::atomic::AtomicUsize,
     since: std::sync::Mutex<std::time::Instant>,
+    /// Each answer being sent, by id: since when it has waited for the
+    /// client to take data (`None` while it waits for the server itself,
+    /// e.g. a health watch between changes).
+    sending: std::sync::Mutex<HashMap<u64, Option<std::time::Instant>>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 /// One open request; closes it when dropped.
@@ -198,7 +229,39 @@ impl Activity {
         Activity {
             open: std::sync::atomic::AtomicUsize::new(0),
             since: std::sync::Mutex::new(std::time::Instant::now()),
+            sending: std::sync::Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Registers an answer about to be sent. hyper asks a body for data
+    /// only when the client's window has room, so until it asks, the
+    /// answer waits on the client.
+    fn sending(self: &Arc<Self>) -> Sending {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.set_waiting(id, Some(std::time::Instant::now()));
+        Sending {
+            activity: self.clone(),
+            id,
+        }
+    }
+
+    fn set_waiting(&self, id: u64, since: Option<std::time::Instant>) {
+        self.sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, since);
+    }
+
+    /// How long the longest-waiting answer has waited for the client.
+    fn stalled_for(&self) -> Option<Duration> {
+        self.sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .flatten()
+            .min()
+            .map(std::time::Instant::elapsed)
     }
 
     fn open(self: &Arc<Self>) -> Open {
@@ -230,6 +293,34 @@ impl Drop for Open {
     }
 }
 
+/// One answer being sent; unregisters it when dropped.
+struct Sending {
+    activity: Arc<Activity>,
+    id: u64,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.activity
+            .sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.id);
+    }
+}
+
+/// Completes once some answer has waited `timeout` for the client to take
+/// data.
+async fn stalled(activity: Arc<Activity>, timeout: Duration) {
+    loop {
+        match activity.stalled_for() {
+            Some(waited) if waited >= timeout => return,
+            Some(waited) => tokio::time::sleep(timeout - waited).await,
+            None => tokio::time::sleep(timeout.min(Duration::from_secs(1))).await,
+        }
+    }
+}
+
 /// Completes once the connection has had no open request for `timeout`.
 async fn idle(activity: Arc<Activity>, timeout: Duration) {
     loop {
@@ -246,12 +337,21 @@ fn tracked(
     response: http::Response<tonic::body::Body>,
     open: Open,
 ) -> http::Response<tonic::body::Body> {
-    response.map(|body| tonic::body::Body::new(Tracked { body, _open: open }))
+    let sending = open.0.sending();
+    response.map(|body| {
+        tonic::body::Body::new(Tracked {
+            body,
+            sending,
+            _open: open,
+        })
+    })
 }
 
-/// A response body that keeps its request open while it streams.
+/// A response body that keeps its request open while it streams, and says
+/// whether it waits on the client or on the server.
 struct Tracked {
     body: tonic::body::Body,
+    sending: Sending,
     _open: Open,
 }
 
@@ -263,7 +363,15 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        // A frame handed over: hyper comes back for the next one once the
+        // client's window has room. Pending: the server has nothing yet.
+        let waiting = match &polled {
+            Poll::Ready(Some(_)) => Some(std::time::Instant::now()),
+            _ => None,
+        };
+        self.sending.activity.set_waiting(self.sending.id, waiting);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -422,6 +530,65 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
             self.touch();
         }
         result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream that meters the client's HTTP/2 control frames (see
+/// [`crate::frames`]) and fails the connection once the client floods them.
+struct Metered<T> {
+    inner: T,
+    meter: FrameMeter,
+    tripped: Arc<OnceLock<Flood>>,
+}
+
+impl<T> Metered<T> {
+    fn new(inner: T, tripped: Arc<OnceLock<Flood>>) -> Self {
+        Metered {
+            inner,
+            meter: FrameMeter::new(Budget::default(), std::time::Instant::now()),
+            tripped,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.tripped.get().is_some() {
+            return Poll::Ready(Err(io::Error::other("control frame flood")));
+        }
+        let before = buf.filled().len();
+        let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        let this = &mut *self;
+        if let Err(flood) = this
+            .meter
+            .feed(&buf.filled()[before..], std::time::Instant::now())
+        {
+            let _ = this.tripped.set(flood);
+            return Poll::Ready(Err(io::Error::other("control frame flood")));
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

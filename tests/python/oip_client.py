@@ -22,6 +22,8 @@ Commands:
                              until a line arrives on stdin; JSON {requests, errors (by code),
                              versions: {version: {count, first, last}}} (unix times of the
                              first and last answer from each model version)
+  probe                      ServerLive in a loop on one connection until a line arrives on
+                             stdin; JSON {calls, failures, p50_ms, max_ms}
   status                     JSON {live, ready}: the values ServerLive and ServerReady return
   health SERVICE             grpc.health.v1 Check through grpcio (the request written by
                              hand), JSON {ok, code, message, status}
@@ -251,9 +253,11 @@ def tls_garbage(args):
     import os
 
     s = tls_connect(args)
-    s.sendall(os.urandom(args.nbytes))
     closed = False
     try:
+        # The server may close before it has read everything: that is the
+        # verdict, not a client failure.
+        s.sendall(os.urandom(args.nbytes))
         while True:
             if not s.recv(65536):
                 closed = True
@@ -282,6 +286,39 @@ def idle(args):
         except OSError:
             pass
     print(json.dumps({"opened": len(sessions), "still_open": still_open}))
+
+
+def probe(args):
+    import threading
+    import time
+
+    stop = threading.Event()
+    latencies, failures = [], []
+
+    def loop():
+        c = client(args)
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                c.is_server_live(client_timeout=10)
+            except InferenceServerException as e:
+                failures.append(code_of(e))
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.02)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    print("probing", flush=True)
+    sys.stdin.readline()
+    stop.set()
+    t.join(timeout=15)
+    latencies.sort()
+    print(json.dumps({
+        "calls": len(latencies),
+        "failures": failures,
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
+        "max_ms": round(latencies[-1] * 1000, 2) if latencies else None,
+    }))
 
 
 def status(args):
@@ -385,6 +422,7 @@ def main():
     g = sub.add_parser("tls-garbage")
     g.add_argument("nbytes", type=int)
     sub.add_parser("status")
+    sub.add_parser("probe")
     he = sub.add_parser("health")
     he.add_argument("service")
     lo = sub.add_parser("load")
@@ -393,7 +431,7 @@ def main():
     i.add_argument("count", type=int)
     i.add_argument("seconds", type=float)
     args = p.parse_args()
-    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load, "status": status, "health": health}
+    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load, "status": status, "health": health, "probe": probe}
     commands[args.command](args)
 
 

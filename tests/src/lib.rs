@@ -29,6 +29,23 @@ pub const SITE: &str = "e2e-site";
 pub const ADMIN: &str = "ops-admin";
 const PASSPHRASE: &str = "end-to-end test passphrase";
 
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The JSON object on the last line a test client printed.
+pub fn last_json(out: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(out);
+    serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {text}"))
+}
+
 /// A binary of the workspace, built by `cargo build --workspace --bins`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -379,6 +396,49 @@ impl Appliance {
         );
         serde_json::from_str(stdout.lines().last().unwrap_or_default())
             .unwrap_or_else(|e| panic!("oip_client {args:?} printed no JSON ({e}): {stdout}"))
+    }
+
+    /// `GET /metrics` with curl as the client of bundle `certs`: (HTTP
+    /// status, body).
+    pub fn metrics(&self, certs: &Path) -> (String, String) {
+        let out = Command::new("curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--http2",
+                "--write-out",
+                "\n%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("cert.pem"))
+            .arg("--key")
+            .arg(certs.join("key.pem"))
+            .arg(format!("https://localhost:{}/metrics", self.address.port()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_owned(), body.to_owned())
+    }
+
+    /// The administrator's certificate bundle.
+    pub fn admin_certs(&self) -> PathBuf {
+        self.dir.path().join("clients").join(ADMIN)
+    }
+
+    /// The frame-writing HTTP/2 client (`tests/python/h2_client.py`) as
+    /// the client of bundle `certs`, ready to run.
+    pub fn h2(&self, certs: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(venv_python());
+        c.arg(workspace_root().join("tests/python/h2_client.py"))
+            .arg("--url")
+            .arg(self.address.to_string())
+            .arg("--certs")
+            .arg(certs)
+            .args(args);
+        c
     }
 
     /// The stock-client script as a running process (stdin and stdout

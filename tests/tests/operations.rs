@@ -41,29 +41,6 @@ fn a_bad_configuration_exits_64_naming_the_key() {
     }
 }
 
-fn curl_metrics(app: &Appliance, certs: &std::path::Path) -> (String, String) {
-    let out = Command::new("curl")
-        .args([
-            "--silent",
-            "--show-error",
-            "--http2",
-            "--write-out",
-            "\n%{http_code}",
-        ])
-        .arg("--cacert")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("cert.pem"))
-        .arg("--key")
-        .arg(certs.join("key.pem"))
-        .arg(format!("https://localhost:{}/metrics", app.address.port()))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
-    (code.to_owned(), body.to_owned())
-}
-
 #[test]
 fn the_daemon_cannot_dump_core() {
     let app = Appliance::start("");
@@ -85,7 +62,7 @@ fn metrics_are_served_to_administrators_only() {
     assert_eq!(app.triton(&user, &["call", "infer"])["code"], "OK");
 
     let admin = app.dir.path().join("clients").join(ADMIN);
-    let (code, body) = curl_metrics(&app, &admin);
+    let (code, body) = app.metrics(&admin);
     assert_eq!(code, "200", "{body}");
     assert!(
         body.contains("appliance_requests_total{rpc=\"ModelInfer\",code=\"OK\"} 1"),
@@ -98,7 +75,7 @@ fn metrics_are_served_to_administrators_only() {
     assert!(body.contains("appliance_queue_depth 0"), "{body}");
     assert!(body.contains("appliance_models_ready 2"), "{body}");
 
-    let (code, body) = curl_metrics(&app, &user);
+    let (code, body) = app.metrics(&user);
     assert_eq!(code, "403", "{body}");
 }
 

@@ -5,39 +5,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use test_support::{models_dir, venv_python, workspace_root};
-use tests::{Appliance, vendor};
-
-fn h2(app: &Appliance, certs: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(venv_python());
-    c.arg(workspace_root().join("tests/python/h2_client.py"))
-        .arg("--url")
-        .arg(app.address.to_string())
-        .arg("--certs")
-        .arg(certs)
-        .args(args);
-    c
-}
-
-fn json_of(out: &[u8]) -> serde_json::Value {
-    let text = String::from_utf8_lossy(out);
-    serde_json::from_str(text.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {text}"))
-}
+use test_support::models_dir;
+use tests::{Appliance, last_json, rss_kib, vendor};
 
 #[test]
 fn a_connection_without_requests_is_closed_although_it_pings() {
     let mut app = Appliance::start("idle_timeout_s = 2\nkeepalive_interval_s = 1\n");
     let certs = app.client("pinger");
     app.grant("pinger", "*");
-    let out = h2(&app, &certs, &["idle-pings", "10", "0.3"])
+    let out = app
+        .h2(&certs, &["idle-pings", "10", "0.3"])
         .output()
         .unwrap();
-    let report = json_of(&out.stdout);
+    let report = last_json(&out.stdout);
     let closed = report["closed_after"]
         .as_f64()
         .unwrap_or_else(|| panic!("a pinging idle connection was never closed: {report}"));
@@ -129,7 +112,8 @@ fn the_end_of_the_grace_period_closes_what_is_still_open() {
     let certs = app.client("staller");
     app.grant("staller", "*");
     // A request whose body never comes: it holds the connection open.
-    let mut holder = h2(&app, &certs, &["hold-stream", "20"])
+    let mut holder = app
+        .h2(&certs, &["hold-stream", "20"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -338,15 +322,6 @@ fn is_root() -> bool {
         .unwrap()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tests::Appliance;
+use tests::{Appliance, rss_kib};
 
 const CONFIG: &str =
     "max_message_bytes = 1048576\nhandshake_timeout_ms = 1500\nmax_connections = 4000\n";
@@ -18,15 +18,6 @@ fn timestamp(line: &str) -> f64 {
     let clock = time.split('T').nth(1).unwrap().trim_end_matches('Z');
     let parts: Vec<f64> = clock.split(':').map(|p| p.parse().unwrap()).collect();
     parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]
