@@ -40,11 +40,23 @@ impl Grant {
     /// Checks a grant that came from the network.
     pub fn check(&self) -> Result<(), AppError> {
         let bad = |m: &str| Err(AppError::InvalidArgument(m.to_owned()));
-        if self.client.is_empty() || self.client.len() > 128 {
-            return bad("grant.client: must be 1 to 128 characters");
+        // The rules certificates and model lines follow: a grant for a
+        // name no certificate can carry, or for a model that cannot exist,
+        // is a mistake.
+        if let Err(e) = ident::ClientName::new(&self.client) {
+            return bad(&format!("grant.client: {e}"));
         }
-        if self.models.iter().any(|m| m.is_empty() || m.len() > 128) || self.models.len() > 1024 {
-            return bad("grant.models: names must be 1 to 128 characters, at most 1024 of them");
+        if self.models.len() > 1024 {
+            return bad("grant.models: at most 1024 of them");
+        }
+        if let Some(Err(e)) = self
+            .models
+            .iter()
+            .filter(|m| *m != "*")
+            .map(|m| ident::ModelName::new(m))
+            .find(Result::is_err)
+        {
+            return bad(&format!("grant.models: {e}"));
         }
         if let Some(r) = self.rate_per_second
             && !(r > 0.0 && r <= 1e6)

@@ -107,7 +107,7 @@ pub fn load(store: &Store) -> Result<ServerIdentity, AppError> {
     let ca = tree.get(CLIENT_CA)?.ok_or_else(|| missing("client CA"))?;
     let (_, cert) = X509Certificate::from_der(&certificate)
         .map_err(|e| AppError::Internal(format!("stored certificate: {e}")))?;
-    let (site, appliance_id) = spiffe_of(&cert, "appliance")?;
+    let (site, appliance_id) = spiffe_of(&cert, ident::Kind::Appliance)?;
     Ok(ServerIdentity {
         key: Zeroizing::new(key.to_vec()),
         certificate: CertificateDer::from(certificate.to_vec()),
@@ -182,8 +182,8 @@ pub struct ClientId {
 pub fn client_of(leaf: &CertificateDer<'_>, site: &str) -> Result<ClientId, AppError> {
     let (_, cert) = X509Certificate::from_der(leaf)
         .map_err(|_| AppError::Unauthenticated("the client certificate does not parse".into()))?;
-    let (cert_site, name) =
-        spiffe_of(&cert, "client").map_err(|e| AppError::Unauthenticated(e.to_string()))?;
+    let (cert_site, name) = spiffe_of(&cert, ident::Kind::Client)
+        .map_err(|e| AppError::Unauthenticated(e.to_string()))?;
     if cert_site != site {
         return Err(AppError::Unauthenticated(
             "the client certificate belongs to another site".into(),
@@ -196,7 +196,7 @@ pub fn client_of(leaf: &CertificateDer<'_>, site: &str) -> Result<ClientId, AppE
 }
 
 /// The (site, name) of the one `spiffe://<site>/<kind>/<name>` URI SAN.
-fn spiffe_of(cert: &X509Certificate<'_>, kind: &str) -> Result<(String, String), AppError> {
+fn spiffe_of(cert: &X509Certificate<'_>, kind: ident::Kind) -> Result<(String, String), AppError> {
     let bad = || {
         AppError::InvalidArgument(format!(
             "the certificate must carry one URI SAN spiffe://<site>/{kind}/<name>"
@@ -218,14 +218,8 @@ fn spiffe_of(cert: &X509Certificate<'_>, kind: &str) -> Result<(String, String),
     let [uri] = uris.as_slice() else {
         return Err(bad());
     };
-    let rest = uri.strip_prefix("spiffe://").ok_or_else(bad)?;
-    let mut parts = rest.split('/');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(site), Some(k), Some(name), None)
-            if k == kind && !site.is_empty() && !name.is_empty() =>
-        {
-            Ok((site.to_owned(), name.to_owned()))
-        }
+    match ident::SpiffeId::parse(uri) {
+        Ok(id) if id.kind() == kind => Ok((id.site().to_string(), id.name().to_owned())),
         _ => Err(bad()),
     }
 }
@@ -247,7 +241,7 @@ fn check_server_certificate(
     }
     cert.verify_signature(Some(ca_cert.public_key()))
         .map_err(|_| bad("the certificate is not signed by the given CA"))?;
-    spiffe_of(&cert, "appliance")
+    spiffe_of(&cert, ident::Kind::Appliance)
 }
 
 /// The DER of the first PEM block labelled `tag` in `bytes`.
@@ -265,8 +259,7 @@ fn one_pem(bytes: &[u8], tag: &str, what: &str) -> Result<Vec<u8>, AppError> {
 }
 
 fn trim_serial(raw: &[u8]) -> Vec<u8> {
-    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
-    raw[start..].to_vec()
+    ident::Serial::from_der_integer(raw).as_bytes().to_vec()
 }
 
 #[cfg(test)]

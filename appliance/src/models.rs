@@ -24,22 +24,22 @@ struct Installed {
     has_tokenizer: bool,
 }
 
-/// A model name, as the protocol and the store accept it.
+/// A model name, as the protocol and the store accept it: `ident`'s rule,
+/// shared with provisioning and signed images.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelName(String);
+pub struct ModelName(ident::ModelName);
 
 impl ModelName {
-    /// `[A-Za-z0-9._-]{1,64}`, not starting with a dot: the rule of model
-    /// lines in signed images (`images::manifest::LineName`).
+    /// `[A-Za-z0-9._-]{1,64}`, not starting with a dot.
     pub fn parse(name: &str) -> Result<ModelName, AppError> {
-        name.parse::<images::manifest::LineName>()
-            .map(|n| ModelName(n.as_str().to_owned()))
+        ident::ModelName::new(name)
+            .map(ModelName)
             .map_err(|e| AppError::InvalidArgument(e.to_string()))
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.as_str()
     }
 }
 

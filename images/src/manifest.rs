@@ -31,57 +31,10 @@ const MAX_LATENCY_BUDGET_MS: u64 = 3_600_000;
 /// Largest memory budget (1 TiB), in MiB.
 const MAX_MEMORY_BUDGET_MB: u64 = 1 << 20;
 
-/// A model line's name: 1 to 64 characters of `A-Z a-z 0-9 . _ -`, not
-/// starting with a dot (the appliance's rule for model names).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct LineName(String);
-
-impl LineName {
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for LineName {
-    type Err = Error;
-    fn from_str(name: &str) -> Result<Self> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
-            Ok(LineName(name.to_owned()))
-        } else {
-            Err(Error::format(
-                "model name",
-                "1 to 64 characters of A-Z a-z 0-9 . _ -, not starting with a dot",
-            ))
-        }
-    }
-}
-
-impl TryFrom<String> for LineName {
-    type Error = Error;
-    fn try_from(s: String) -> Result<Self> {
-        s.parse()
-    }
-}
-
-impl From<LineName> for String {
-    fn from(n: LineName) -> String {
-        n.0
-    }
-}
-
-impl fmt::Display for LineName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// A model line's name: `ident`'s model-name rule (1 to 64 characters of
+/// `A-Z a-z 0-9 . _ -`, not starting with a dot), the one the appliance
+/// applies to every model name.
+pub use ident::ModelName as LineName;
 
 /// An appliance software version, `MAJOR.MINOR.PATCH`, ordered numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

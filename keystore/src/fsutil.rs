@@ -1,6 +1,6 @@
 //! Small durable-filesystem helpers.
 
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, DirBuilder};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
@@ -18,13 +18,7 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
 /// fsyncs the directory holding `path`, so a rename or create in it is
 /// durable (a file's own fsync does not cover its directory entry).
 pub(crate) fn sync_parent(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(parent, e))
+    durable::sync_parent(path).map_err(|e| Error::io(path, e))
 }
 
 /// Removes a file if it exists, durably.

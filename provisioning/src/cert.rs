@@ -4,7 +4,6 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use rcgen::{
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
@@ -19,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::names::SiteName;
 
 /// How far `not_before` is set into the past, so a certificate is valid at
 /// once on an appliance whose clock is a little behind the operator's.
@@ -26,80 +26,23 @@ pub const CLOCK_SKEW: Duration = Duration::minutes(5);
 /// Longest validity `Validity::days` accepts (ten years and a bit).
 pub const MAX_DAYS: u32 = 3660;
 
-/// A certificate serial number: a positive integer, kept as its big-endian
-/// magnitude without leading zero bytes. Written in lower-case hex.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Serial(Vec<u8>);
+pub use ident::Serial;
 
-impl Serial {
-    /// A fresh random serial of 126 bits: 16 bytes whose first byte is in
-    /// `0x40..=0x7f`, so the DER integer is positive, never shortened, and
-    /// always 16 bytes long (RFC 5280 asks for at most 20 and at least 64
-    /// bits of randomness is the CA/B forum's rule).
-    pub(crate) fn random() -> Result<Self> {
-        let mut bytes = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut bytes)
-            .map_err(|_| Error::Crypto("serial number generation"))?;
-        bytes[0] = (bytes[0] & 0x3f) | 0x40;
-        Ok(Self(bytes.to_vec()))
-    }
-
-    /// A serial from the content bytes of a DER INTEGER (as certificates
-    /// and CRLs hold it); leading zero bytes are dropped.
-    pub fn from_der_integer(bytes: &[u8]) -> Self {
-        let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
-        Self(bytes[start..].to_vec())
-    }
-
-    /// The big-endian magnitude.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Lower-case hex without separators (the form in file names).
-    pub fn to_hex(&self) -> String {
-        if self.0.is_empty() {
-            "00".to_owned()
-        } else {
-            hex::encode(&self.0)
-        }
-    }
-
-    pub(crate) fn to_rcgen(&self) -> SerialNumber {
-        SerialNumber::from_slice(&self.0)
-    }
+/// A fresh random serial of 126 bits: 16 bytes whose first byte is in
+/// `0x40..=0x7f`, so the DER integer is positive, never shortened, and
+/// always 16 bytes long (RFC 5280 asks for at most 20 and at least 64 bits
+/// of randomness is the CA/B forum's rule).
+pub(crate) fn random_serial() -> Result<Serial> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| Error::Crypto("serial number generation"))?;
+    bytes[0] = (bytes[0] & 0x3f) | 0x40;
+    Ok(Serial::from_der_integer(&bytes))
 }
 
-impl FromStr for Serial {
-    type Err = Error;
-    /// Parses hex, with or without `:` separators, at most 20 bytes.
-    fn from_str(s: &str) -> Result<Self> {
-        let digits: String = s.chars().filter(|c| *c != ':').collect();
-        let bad = |reason: &str| Error::invalid("serial number", s, reason);
-        if digits.is_empty() || digits.len() > 40 {
-            return Err(bad("1 to 20 bytes of hex expected"));
-        }
-        let padded = if digits.len() % 2 == 1 {
-            format!("0{digits}")
-        } else {
-            digits
-        };
-        let bytes = hex::decode(padded).map_err(|_| bad("hex digits expected"))?;
-        Ok(Self::from_der_integer(&bytes))
-    }
-}
-
-impl fmt::Display for Serial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Serial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Serial({})", self.to_hex())
-    }
+pub(crate) fn rcgen_serial(serial: &Serial) -> SerialNumber {
+    SerialNumber::from_slice(serial.as_bytes())
 }
 
 /// A certificate's validity period.
@@ -185,42 +128,11 @@ impl Usage {
 
 /// Which kind of identity a certificate names; the first segment of its
 /// SPIFFE path and of its file name under `issued/`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-#[non_exhaustive]
-pub enum CertKind {
-    /// `spiffe://<site>/client/<name>`
-    Client,
-    /// `spiffe://<site>/appliance/<id>`
-    Appliance,
-}
+pub use ident::Kind as CertKind;
 
-impl CertKind {
-    /// `client` or `appliance`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CertKind::Client => "client",
-            CertKind::Appliance => "appliance",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "client" => Some(CertKind::Client),
-            "appliance" => Some(CertKind::Appliance),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for CertKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-/// The SPIFFE id of an identity of `site`.
-pub fn spiffe_id(site: &str, kind: CertKind, name: &str) -> String {
-    format!("spiffe://{site}/{}/{name}", kind.as_str())
+/// The SPIFFE id of an identity of `site`, as the URI SAN holds it.
+pub fn spiffe_id(site: &SiteName, kind: CertKind, name: &str) -> Result<String> {
+    Ok(ident::SpiffeId::new(site, kind, name)?.to_string())
 }
 
 /// The DNS names and IP addresses an appliance's server certificate is
@@ -361,11 +273,11 @@ impl LeafSpec<'_> {
         let mut params = rcgen::CertificateParams::default();
         params.not_before = self.validity.not_before;
         params.not_after = self.validity.not_after;
-        params.serial_number = Some(serial.to_rcgen());
+        params.serial_number = Some(rcgen_serial(serial));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, self.name);
         params.distinguished_name = dn;
-        let uri = spiffe_id(self.site, self.kind, self.name);
+        let uri = spiffe_id(&SiteName::new(self.site)?, self.kind, self.name)?;
         let mut sans = vec![SanType::URI(
             uri.as_str()
                 .try_into()
@@ -534,23 +446,14 @@ mod tests {
 
     #[test]
     fn random_serials_are_positive_and_distinct() {
-        let a = Serial::random().unwrap();
-        let b = Serial::random().unwrap();
+        let a = random_serial().unwrap();
+        let b = random_serial().unwrap();
         assert_ne!(a, b);
         for s in [a, b] {
             assert_eq!(s.as_bytes().len(), 16);
             assert!(s.as_bytes()[0] >= 0x40 && s.as_bytes()[0] < 0x80);
             assert_eq!(s.to_hex().parse::<Serial>().unwrap(), s);
         }
-    }
-
-    #[test]
-    fn serial_parsing() {
-        assert_eq!("00:ab".parse::<Serial>().unwrap().as_bytes(), &[0xab]);
-        assert_eq!("abc".parse::<Serial>().unwrap().as_bytes(), &[0x0a, 0xbc]);
-        assert!("".parse::<Serial>().is_err());
-        assert!("xy".parse::<Serial>().is_err());
-        assert!("a".repeat(41).parse::<Serial>().is_err());
     }
 
     #[test]

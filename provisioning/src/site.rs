@@ -40,7 +40,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::cert::{
     CertKind, CertificateRequest, IssuedCert, LeafKey, LeafSpec, Serial, ServerNames, SubjectKey,
-    Usage, Validity, generate_leaf_key, spiffe_id,
+    Usage, Validity, generate_leaf_key, random_serial, rcgen_serial, spiffe_id,
 };
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -190,7 +190,7 @@ impl Site {
         let mut params = rcgen::CertificateParams::default();
         params.not_before = now - crate::cert::CLOCK_SKEW;
         params.not_after = now + Duration::days(CA_DAYS);
-        params.serial_number = Some(Serial::random()?.to_rcgen());
+        params.serial_number = Some(rcgen_serial(&random_serial()?));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("{name} site CA"));
         params.distinguished_name = dn;
@@ -392,7 +392,7 @@ impl Site {
                     serial: e
                         .serial
                         .parse()
-                        .map_err(|x: Error| field("serial", x.to_string()))?,
+                        .map_err(|x: ident::NameError| field("serial", x.to_string()))?,
                     kind: CertKind::parse(&e.kind)
                         .ok_or_else(|| field("kind", "`client` or `appliance` expected".into()))?,
                     name: e.name.clone(),
@@ -520,7 +520,7 @@ impl UnlockedSite {
     }
 
     fn issue(&self, spec: &LeafSpec<'_>, key: SubjectKey) -> Result<IssuedCert> {
-        let serial = Serial::random()?;
+        let serial = random_serial()?;
         let params = spec.params(&serial)?;
         let (cert, key_pem, key_der) = match key {
             SubjectKey::Generate => {
@@ -563,7 +563,7 @@ impl UnlockedSite {
     /// revoked (empty if all were revoked already, in which case no new CRL
     /// is signed). A client the site never issued to is an error.
     pub fn revoke_client(&mut self, name: &ClientName) -> Result<Vec<Serial>> {
-        let expected_uri = spiffe_id(self.site.name.as_str(), CertKind::Client, name.as_str());
+        let expected_uri = spiffe_id(&self.site.name, CertKind::Client, name.as_str())?;
         let records: Vec<IssuedRecord> = self
             .site
             .issued()?
@@ -597,7 +597,7 @@ impl UnlockedSite {
                     self.site.name
                 ))
             })?;
-        let expected = spiffe_id(self.site.name.as_str(), record.kind, &record.name);
+        let expected = spiffe_id(&self.site.name, record.kind, &record.name)?;
         check_record(&record, &expected)?;
         Ok(!self.revoke_records(&[record])?.is_empty())
     }
@@ -666,7 +666,7 @@ impl UnlockedSite {
             revoked_certs: revoked
                 .iter()
                 .map(|r| RevokedCertParams {
-                    serial_number: r.serial.to_rcgen(),
+                    serial_number: rcgen_serial(&r.serial),
                     revocation_time: r.revoked_at,
                     reason_code: None,
                     invalidity_date: None,

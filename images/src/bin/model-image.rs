@@ -399,6 +399,7 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(&args.out)
         .with_context(|| format!("writing {}", args.out.display()))?;
+    durable::sync_parent(&args.out)?;
     println!(
         "{}: {} version {} release {} ({} bytes; {} golden case(s), max |diff| {:.2e} on re-run)",
         args.out.display(),

@@ -190,5 +190,6 @@ fn download(
     tmp.as_file().sync_all()?;
     tmp.persist(&dest)
         .with_context(|| format!("writing {}", dest.display()))?;
+    durable::sync_parent(&dest)?;
     Ok(())
 }

@@ -2,8 +2,7 @@
 //! printed; and the TUF form of their public halves.
 
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -40,14 +39,7 @@ impl SigningKey {
             reason: "the system random generator failed".into(),
         })?;
         let der = Zeroizing::new(pkcs8.as_ref().to_vec());
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        file.write_all(&der).map_err(|e| Error::io(path, e))?;
-        file.sync_all().map_err(|e| Error::io(path, e))?;
+        durable::write_new(path, &der, durable::PRIVATE).map_err(|e| Error::io(path, e))?;
         Self::from_der(&der, path)
     }
 

@@ -463,6 +463,7 @@ impl Repo {
         let sha256 = Digest(sha256);
         let dest = targets.join(format!("{}.{name}", sha256.hex()));
         tmp.persist(&dest).map_err(|e| Error::io(&dest, e.error))?;
+        durable::sync_parent(&dest).map_err(|e| Error::io(&dest, e))?;
         Ok(AddedTarget {
             name,
             manifest,
@@ -630,19 +631,5 @@ fn create_dir(dir: &Path, mode: u32) -> Result<()> {
 /// rename, fsync of the directory.
 /// Metadata is public (a mirror serves it), so files are 0644.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    durable::replace(path, bytes, durable::PUBLIC).map_err(|e| Error::io(path, e))
 }

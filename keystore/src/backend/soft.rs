@@ -1,9 +1,7 @@
 //! The insecure software backend, for development machines without a TPM.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 
 use super::{BackendKind, KeyBackend};
 use crate::crypto::{AeadKey, KEY_LEN, NONCE_LEN, SecretKey, random_nonce};
@@ -89,16 +87,5 @@ fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::fsutil::create_private_dir(parent)?;
     }
-    let tmp: PathBuf = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    crate::fsutil::sync_parent(path)
+    durable::replace(path, bytes, durable::PRIVATE).map_err(|e| Error::io(path, e))
 }
