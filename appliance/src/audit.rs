@@ -576,3 +576,82 @@ pub fn rfc3339(time_ms: u64) -> String {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn event() -> impl Strategy<Value = Event> {
+        (
+            "[a-z-]{1,12}",
+            "[A-Za-z]{1,16}",
+            "[a-z0-9.]{0,10}",
+            "[0-9]{0,3}",
+            "[A-Z_]{2,20}",
+            any::<(u64, u64, u64)>(),
+            "[ -~]{0,20}",
+        )
+            .prop_map(
+                |(
+                    client,
+                    rpc,
+                    model,
+                    version,
+                    outcome,
+                    (bytes_in, bytes_out, latency_us),
+                    detail,
+                )| {
+                    Event {
+                        client,
+                        rpc,
+                        model,
+                        version,
+                        outcome,
+                        bytes_in,
+                        bytes_out,
+                        latency_us,
+                        detail,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        /// Whatever bytes the store hands back, the record decoders return
+        /// an error or a value, never panic.
+        #[test]
+        fn stored_bytes_never_panic_the_decoders(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = serde_json::from_slice::<Record>(&bytes);
+            let _ = serde_json::from_slice::<Head>(&bytes);
+            let _ = serde_json::from_slice::<Checkpoint>(&bytes);
+        }
+
+        /// Any one changed byte of a stored record either fails to parse,
+        /// fails its chain hash, or leaves the record as it was.
+        #[test]
+        fn a_changed_record_never_verifies_as_another(
+            event in event(),
+            sequence in 0u64..1_000_000,
+            time_ms in any::<u64>(),
+            at in any::<prop::sample::Index>(),
+            xor in 1u8..=255,
+        ) {
+            let previous = genesis();
+            let record = Record {
+                sequence,
+                time_ms,
+                hash: chain_hash(&previous, sequence, time_ms, &event),
+                event,
+            };
+            let mut bytes = serde_json::to_vec(&record).unwrap();
+            let i = at.index(bytes.len());
+            bytes[i] ^= xor;
+            if let Ok(changed) = serde_json::from_slice::<Record>(&bytes) {
+                let links = changed.hash
+                    == chain_hash(&previous, changed.sequence, changed.time_ms, &changed.event);
+                prop_assert!(!links || changed == record, "{:?} verified", changed);
+            }
+        }
+    }
+}

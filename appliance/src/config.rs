@@ -289,7 +289,16 @@ impl Config {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and checks `text`, read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         config.check().map_err(err)?;
         Ok(config)
     }
@@ -461,6 +470,55 @@ mod tests {
         for (text, key) in cases {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(key), "expected {key} in: {err}");
+        }
+    }
+
+    const EXAMPLE: &str = include_str!("../../appliance.example.toml");
+
+    proptest::proptest! {
+        /// Any text: a configuration or an error naming the file, never a
+        /// panic.
+        #[test]
+        fn arbitrary_text_is_refused_by_name(text in "\\PC{0,400}") {
+            let path = Path::new("/etc/appliance/x.toml");
+            if let Err(e) = Config::parse(path, &text) {
+                proptest::prop_assert!(e.to_string().starts_with("/etc/appliance/x.toml: "));
+            }
+        }
+
+        /// The reference file with one line dropped or one value replaced:
+        /// accepted (a default applies) or refused with the file and, for a
+        /// bad value, the key named.
+        #[test]
+        fn a_damaged_reference_config_is_refused_by_key(
+            line in proptest::prelude::any::<proptest::sample::Index>(),
+            drop in proptest::bool::ANY,
+            value in "[-a-z0-9\".:/ ]{0,12}",
+        ) {
+            let lines: Vec<&str> = EXAMPLE.lines().collect();
+            let at = line.index(lines.len());
+            let mut changed: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+            let key = lines[at].split_once(" = ").map(|(k, _)| k.trim().to_owned());
+            if drop {
+                changed.remove(at);
+            } else if let Some(key) = &key {
+                changed[at] = format!("{key} = {value}");
+            }
+            let path = Path::new("appliance.toml");
+            match Config::parse(path, &changed.join("\n")) {
+                Ok(_) => {}
+                Err(e) => {
+                    let text = e.to_string();
+                    proptest::prop_assert!(text.starts_with("appliance.toml: "), "{}", text);
+                    if let (false, Some(key)) = (drop, key) {
+                        let last = key.rsplit('.').next().unwrap_or(&key).to_owned();
+                        proptest::prop_assert!(
+                            text.contains(&last) || text.contains("line"),
+                            "{} does not name {}: {}", key, last, text
+                        );
+                    }
+                }
+            }
         }
     }
 }

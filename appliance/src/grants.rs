@@ -221,3 +221,36 @@ fn utc_day() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A stored grant that does not parse is an error, never a panic.
+        #[test]
+        fn stored_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = serde_json::from_slice::<Grant>(&bytes);
+        }
+
+        /// A grant is accepted exactly when its client and model names
+        /// follow the names a certificate and a model line can carry.
+        #[test]
+        fn grants_follow_the_shared_name_rules(client in "\\PC{0,70}", model in "\\PC{0,70}") {
+            let grant = Grant {
+                client: client.clone(),
+                models: vec![model.clone()],
+                admin: false,
+                rate_per_second: None,
+                burst: None,
+                daily_quota: None,
+            };
+            let names_ok = ident::ClientName::new(&client).is_ok()
+                && (model == "*" || ident::ModelName::new(&model).is_ok());
+            prop_assert_eq!(grant.check().is_ok(), names_ok);
+            let stored = serde_json::to_vec(&grant).unwrap();
+            prop_assert_eq!(serde_json::from_slice::<Grant>(&stored).unwrap(), grant);
+        }
+    }
+}
