@@ -19,13 +19,7 @@ use tests::Appliance;
 const CLIENTS: usize = 50;
 
 fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kb / 1024.0
+    tests::rss_kib(pid) as f64 / 1024.0
 }
 
 fn main() {
