@@ -6,7 +6,10 @@
 //!
 //! Run: `cargo build --release -p appliance -p provisioning -p images &&
 //! cargo bench -p benches --bench soak` (after `scripts/models`).
-//! `BENCH_SOAK_SECONDS` sets each run's length (default 60).
+//! `BENCH_SOAK_SECONDS` sets each run's length (default 60);
+//! `BENCH_SOAK_CACHE_MB` sets `keystore.cache_mb` (default: the daemon's).
+//! Memory is read after a settle of 12 s, so jemalloc's 10 s decay has
+//! returned what a burst left behind.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a harness: fail loudly
 
 use std::sync::Arc;
@@ -17,6 +20,8 @@ use benches::{cases, connect, median_p99, request};
 use tests::Appliance;
 
 const CLIENTS: usize = 50;
+/// Longer than jemalloc's dirty-page decay (10 s).
+const SETTLE: Duration = Duration::from_secs(12);
 
 fn rss_mb(pid: u32) -> f64 {
     tests::rss_kib(pid) as f64 / 1024.0
@@ -28,6 +33,13 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let mut app = Appliance::start("max_concurrent_streams = 256\nmax_connections = 4096\n");
+    if let Ok(mb) = std::env::var("BENCH_SOAK_CACHE_MB") {
+        app.stop();
+        let config = std::fs::read_to_string(&app.config).unwrap();
+        let config = config.replace("[keystore]\n", &format!("[keystore]\ncache_mb = {mb}\n"));
+        std::fs::write(&app.config, config).unwrap();
+        app.launch();
+    }
     app.load_reference_models();
     let certs = app.client("soak");
     app.provision_ok(&[
@@ -56,6 +68,8 @@ fn main() {
         * (1e6 / 1048576.0);
     let bound = 1.5 * model_mb + 40.0;
     let pid = app.pid();
+    std::thread::sleep(SETTLE);
+    let loaded = rss_mb(pid);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,6 +77,7 @@ fn main() {
     println!(
         "\n## Soak: {CLIENTS} clients, {seconds} s per model (models {model_mb:.1} MiB; DESIGN bound {bound:.0} MiB)\n"
     );
+    println!("Resident memory with the models loaded, before any request: {loaded:.0} MiB\n");
     println!(
         "| model | requests | errors | p50 | p99 | RSS after warm-up | RSS at end | end / warm-up |"
     );
@@ -72,9 +87,11 @@ fn main() {
         let address = app.address.to_string();
         let warm = Duration::from_secs((seconds / 10).max(3));
         runtime.block_on(run(&address, &certs, &case, warm));
+        std::thread::sleep(SETTLE);
         let before = rss_mb(pid);
         let (latencies, errors) =
             runtime.block_on(run(&address, &certs, &case, Duration::from_secs(seconds)));
+        std::thread::sleep(SETTLE);
         let after = rss_mb(pid);
         let mut latencies = latencies;
         let n = latencies.len();
