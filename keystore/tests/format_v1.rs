@@ -1,4 +1,5 @@
-//! Data written in on-disk format 1 still reads.
+//! Data written in on-disk format 1 still reads, and what is rewritten
+//! becomes format 2.
 //!
 //! `fixtures/v1/` is a store written by format 1 (ring's AES-GCM and the
 //! hand-written STREAM reader, commit 9f08e48) with the insecure software
@@ -43,9 +44,142 @@ fn fixture_dir() -> PathBuf {
 
 #[test]
 fn format_1_still_reads() {
-    let (_tmp, store) = open_fixture_copy();
+    let tmp = fixture_copy();
+    let store = open(tmp.path());
     assert_eq!(store.kek_generation(), GENERATION);
     check_contents(&store);
+}
+
+#[test]
+fn rewrites_are_format_2_and_the_rest_stays_readable() {
+    let tmp = fixture_copy();
+    let store = open(tmp.path());
+    let grants = store.tree("grants", "metadata").unwrap();
+    grants
+        .put(b"client/alice", b"models=digits,minilm")
+        .unwrap();
+    let mut w = store.create_blob("model", "model/digits").unwrap();
+    w.write_all(b"model, release 2").unwrap();
+    w.commit().unwrap();
+    // Re-wraps every data key under a new KEK.
+    store.rotate_kek().unwrap();
+    drop((grants, store));
+
+    let db = test_support::open_raw_database(&data_dir(tmp.path()));
+    let mut record_formats = Vec::new();
+    for name in db.tree_names().into_iter().filter(|n| n.len() == 32) {
+        for entry in db.open_tree(name).unwrap().iter() {
+            record_formats.push(entry.unwrap().1[0]);
+        }
+    }
+    record_formats.sort();
+    assert_eq!(
+        record_formats,
+        [1, 1, 1, 2],
+        "three untouched, one rewritten"
+    );
+    let keys = db.open_tree("keys").unwrap();
+    for entry in keys.iter() {
+        let (k, v) = entry.unwrap();
+        match k[0] {
+            b'M' | b'K' => assert_eq!(v[0], 2, "wrapped keys are rewritten as format 2"),
+            b'S' => assert_eq!(v[0], 1, "the sealed KEK's envelope is unchanged"),
+            _ => {}
+        }
+    }
+    drop((keys, db));
+    let mut blob_formats: Vec<u8> = std::fs::read_dir(data_dir(tmp.path()).join("blobs"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap()[6])
+        .collect();
+    blob_formats.sort();
+    assert_eq!(
+        blob_formats,
+        [1, 2],
+        "the empty blob untouched, the model rewritten"
+    );
+
+    let store = open(tmp.path());
+    let grants = store.tree("grants", "metadata").unwrap();
+    assert_eq!(
+        grants.get(b"client/alice").unwrap().unwrap().as_slice(),
+        b"models=digits,minilm"
+    );
+    assert_eq!(
+        grants.get(b"client/bob").unwrap().unwrap().as_slice(),
+        b"models=minilm"
+    );
+    let results = store.tree("results", "client/alice").unwrap();
+    assert_eq!(
+        results.get(b"job-1").unwrap().unwrap().as_slice(),
+        b"alice's result"
+    );
+    let mut back = Vec::new();
+    store
+        .open_blob("model")
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(back, b"model, release 2");
+    back.clear();
+    store
+        .open_blob("empty")
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back.is_empty());
+}
+
+/// The version byte is authenticated: a format 1 object relabelled as
+/// format 2 does not open.
+#[test]
+fn a_relabelled_format_1_object_fails() {
+    let tmp = fixture_copy();
+    let db = test_support::open_raw_database(&data_dir(tmp.path()));
+    for name in db.tree_names().into_iter().filter(|n| n.len() == 32) {
+        let tree = db.open_tree(name).unwrap();
+        for entry in tree.iter() {
+            let (k, v) = entry.unwrap();
+            let mut v = v.to_vec();
+            v[0] = 2;
+            tree.insert(k, v).unwrap();
+        }
+    }
+    db.flush().unwrap();
+    drop(db);
+    for entry in std::fs::read_dir(data_dir(tmp.path()).join("blobs")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[6] = 2;
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    let store = open(tmp.path());
+    for (tree, purpose, id, _) in RECORDS {
+        let err = store.tree(tree, purpose).unwrap().get(id).unwrap_err();
+        assert!(matches!(err, Error::Tampered { .. }), "{err:?}");
+    }
+    for (name, _, _) in blobs() {
+        let err = store
+            .open_blob(name)
+            .unwrap()
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{name}");
+    }
+    drop(store);
+
+    // The same for the metadata key, which every open unwraps.
+    let db = test_support::open_raw_database(&data_dir(tmp.path()));
+    let keys = db.open_tree("keys").unwrap();
+    let mut meta = keys.get("M").unwrap().unwrap().to_vec();
+    meta[0] = 2;
+    keys.insert("M", meta).unwrap();
+    db.flush().unwrap();
+    drop((keys, db));
+    let backend = InsecureSoftwareBackend::open(&tmp.path().join("root.key")).unwrap();
+    let err = Store::open(&data_dir(tmp.path()), Box::new(backend)).unwrap_err();
+    assert!(matches!(err, Error::Tampered { .. }), "{err:?}");
 }
 
 /// Guards against a fixture remade by newer code: every record, wrapped
@@ -94,12 +228,12 @@ fn check_contents(store: &Store) {
     }
 }
 
-/// A copy of the fixture as a live data directory (the fixture itself is
-/// never written to), opened with its root key.
-fn open_fixture_copy() -> (tempfile::TempDir, Store) {
+/// A copy of the fixture as a live data directory plus its root key (the
+/// fixture itself is never written to).
+fn fixture_copy() -> tempfile::TempDir {
     let src = fixture_dir();
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+    let data = data_dir(tmp.path());
     std::fs::create_dir_all(data.join("blobs")).unwrap();
     std::fs::copy(src.join("root.key"), tmp.path().join("root.key")).unwrap();
     for entry in std::fs::read_dir(src.join("blobs")).unwrap() {
@@ -119,10 +253,17 @@ fn open_fixture_copy() -> (tempfile::TempDir, Store) {
         db.open_tree(tree).unwrap().insert(key, &value[..]).unwrap();
     }
     db.flush().unwrap();
-    drop(db);
-    let backend = InsecureSoftwareBackend::open(&tmp.path().join("root.key")).unwrap();
-    let store = Store::open(&data, Box::new(backend)).unwrap();
-    (tmp, store)
+    tmp
+}
+
+fn data_dir(copy: &Path) -> PathBuf {
+    copy.join("data")
+}
+
+/// Opens the store of a fixture copy with its root key.
+fn open(copy: &Path) -> Store {
+    let backend = InsecureSoftwareBackend::open(&copy.join("root.key")).unwrap();
+    Store::open(&data_dir(copy), Box::new(backend)).unwrap()
 }
 
 /// How the fixture was made: run once, with the format 1 code, by
