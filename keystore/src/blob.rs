@@ -164,16 +164,13 @@ impl BlobWriter {
     /// Seals the buffered plaintext in place (the buffer has room for the
     /// tag, so no copy and no reallocation) and writes it out.
     fn seal_chunk(&mut self, last: bool) -> Result<()> {
-        let sealed = match self.sealer.take() {
-            Some(sealer) if last => sealer.seal_last(&self.aad, &mut self.buf),
-            Some(mut sealer) => {
-                let sealed = sealer.seal_next(&self.aad, &mut self.buf);
-                self.sealer = Some(sealer);
-                sealed
-            }
-            None => Err(Error::NoSuchBlob),
-        };
-        sealed?;
+        if last {
+            let sealer = self.sealer.take().ok_or(Error::NoSuchBlob)?;
+            sealer.seal_last(&self.aad, &mut self.buf)?;
+        } else {
+            let sealer = self.sealer.as_mut().ok_or(Error::NoSuchBlob)?;
+            sealer.seal_next(&self.aad, &mut self.buf)?;
+        }
         let file = self.file.as_mut().ok_or(Error::NoSuchBlob)?;
         let written = file
             .write_all(&self.buf)
@@ -256,16 +253,13 @@ impl BlobReader {
         self.plain.truncate(n);
         let what = format!("blob chunk {}", self.index);
         self.index += 1;
-        match self.opener.take() {
-            Some(opener) if last => {
-                opener.open_last(&self.aad, &mut self.plain, &what)?;
-                self.done = true;
-            }
-            Some(mut opener) => {
-                opener.open_next(&self.aad, &mut self.plain, &what)?;
-                self.opener = Some(opener);
-            }
-            None => return Err(Error::tampered(what)),
+        if last {
+            let opener = self.opener.take().ok_or_else(|| Error::tampered(&what))?;
+            opener.open_last(&self.aad, &mut self.plain, &what)?;
+            self.done = true;
+        } else {
+            let opener = self.opener.as_mut().ok_or_else(|| Error::tampered(&what))?;
+            opener.open_next(&self.aad, &mut self.plain, &what)?;
         }
         self.pos = 0;
         Ok(())
