@@ -114,20 +114,8 @@ fn rewrites_are_format_2_and_the_rest_stays_readable() {
         results.get(b"job-1").unwrap().unwrap().as_slice(),
         b"alice's result"
     );
-    let mut back = Vec::new();
-    store
-        .open_blob("model")
-        .unwrap()
-        .read_to_end(&mut back)
-        .unwrap();
-    assert_eq!(back, b"model, release 2");
-    back.clear();
-    store
-        .open_blob("empty")
-        .unwrap()
-        .read_to_end(&mut back)
-        .unwrap();
-    assert!(back.is_empty());
+    assert_eq!(read_blob(&store, "model"), b"model, release 2");
+    assert!(read_blob(&store, "empty").is_empty());
 }
 
 /// The version byte is authenticated: a format 1 object relabelled as
@@ -218,14 +206,18 @@ fn check_contents(store: &Store) {
     let err = store.tree(tree, purpose).unwrap().get(id).unwrap_err();
     assert!(matches!(err, Error::Shredded { .. }), "{err:?}");
     for (name, _, plain) in blobs() {
-        let mut back = Vec::new();
-        store
-            .open_blob(name)
-            .unwrap()
-            .read_to_end(&mut back)
-            .unwrap();
-        assert!(back == plain, "blob {name}");
+        assert!(read_blob(store, name) == plain, "blob {name}");
     }
+}
+
+fn read_blob(store: &Store, name: &str) -> Vec<u8> {
+    let mut back = Vec::new();
+    store
+        .open_blob(name)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    back
 }
 
 /// A copy of the fixture as a live data directory plus its root key (the
