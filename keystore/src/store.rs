@@ -547,8 +547,7 @@ impl Tree {
         }
         let format = sealed[0];
         if !known_format(format) {
-            // A record among records this build reads: damage, not a newer
-            // build's format.
+            // Any other byte is damage: no later format exists.
             return Err(Error::tampered("record (unknown format version)"));
         }
         let key_id: KeyId = sealed[1..1 + KEY_ID_LEN]
