@@ -2,11 +2,12 @@
 //! becomes format 2.
 //!
 //! `fixtures/v1/` is a store written by format 1 (ring's AES-GCM and the
-//! hand-written STREAM reader, commit 9f08e48) with the insecure software
-//! backend and a fixed root key, made by `generate_v1_fixture` below. It is
-//! kept as a dump of the sled trees (`db.txt`, one `tree key value` line of
-//! hex per entry, `-` for an empty value) plus the blob files as they were on disk, so it stays a
-//! few files and does not depend on sled's own file layout.
+//! hand-written STREAM, as in the parent of the commit adding it) with the
+//! insecure software backend and a fixed root key, made by
+//! `generate_v1_fixture` below. It is kept as a dump of the sled trees
+//! (`db.txt`, one `tree key value` line of hex per entry, `-` for an empty
+//! value) plus the blob files as they were on disk, so it stays a few files
+//! and does not depend on sled's own file layout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
