@@ -5,36 +5,39 @@
 //!
 //! File format (the STREAM construction of Hoang, Reyhanitabar, Rogaway and
 //! Vizár, "Online authenticated-encryption and its nonce-reuse
-//! misuse-resistance"):
+//! misuse-resistance", as `aead-stream`'s BE32 flavour):
 //!
 //! ```text
-//! header  = "APBLOB" | version (1) | key id (16) | nonce prefix (7)
+//! header  = "APBLOB" | version (1 byte) | key id (16) | random nonce prefix (7)
 //! chunk i = AES-256-GCM(nonce = prefix | i as u32 BE | last flag, aad = header | name hash)
 //! ```
 //!
 //! Every chunk but the last holds exactly [`CHUNK_LEN`] plaintext bytes; the
 //! last holds fewer (possibly zero) and carries the last flag, so truncation,
-//! reordering, and splicing chunks between files are all detected.
+//! reordering, and splicing chunks between files are all detected. The
+//! header, version byte included, is in every chunk's associated data.
+//!
+//! Version 1 was written by our own STREAM code over ring, version 2 by
+//! `aead-stream` over `aes-gcm`. The bytes are the same construction (BE32
+//! is exactly the nonce layout version 1 used), so one reader opens both;
+//! new blobs are version 2.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::crypto::{AeadKey, NONCE_LEN, TAG_LEN, fill_random};
+use crate::crypto::{STREAM_PREFIX_LEN, StreamOpener, StreamSealer, TAG_LEN, fill_random};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::store::{KEY_ID_LEN, KeyId, Store};
+use crate::store::{FORMAT, KEY_ID_LEN, KeyId, Store, known_format};
 
 /// Plaintext bytes per chunk.
 pub const CHUNK_LEN: usize = 64 * 1024;
 const MAGIC: &[u8; 6] = b"APBLOB";
-const VERSION: u8 = 1;
-const PREFIX_LEN: usize = 7;
-const HEADER_LEN: usize = MAGIC.len() + 1 + KEY_ID_LEN + PREFIX_LEN;
+const HEADER_LEN: usize = MAGIC.len() + 1 + KEY_ID_LEN + STREAM_PREFIX_LEN;
 
 impl Store {
     /// Starts writing the blob `name`, sealed under the data key of
@@ -56,9 +59,9 @@ impl Store {
 
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
-        header.push(VERSION);
+        header.push(FORMAT);
         header.extend_from_slice(&key_id);
-        let mut prefix = [0u8; PREFIX_LEN];
+        let mut prefix = [0u8; STREAM_PREFIX_LEN];
         fill_random(&mut prefix)?;
         header.extend_from_slice(&prefix);
 
@@ -66,7 +69,8 @@ impl Store {
             file: Some(file),
             tmp,
             dest: dir.join(hex(&name_hash)),
-            chunker: Chunker::new(key, prefix, aad(&header, &name_hash)),
+            sealer: Some(StreamSealer::new(&key, &prefix)),
+            aad: aad(&header, &name_hash),
             buf: Zeroizing::new(Vec::with_capacity(CHUNK_LEN + TAG_LEN)),
         };
         let file = writer.file.as_mut().ok_or(Error::NoSuchBlob)?;
@@ -91,13 +95,13 @@ impl Store {
         if &header[..MAGIC.len()] != MAGIC {
             return Err(Error::tampered("blob header"));
         }
-        if header[MAGIC.len()] != VERSION {
+        if !known_format(header[MAGIC.len()]) {
             return Err(Error::tampered("blob header (unknown format version)"));
         }
         let key_id: KeyId = header[MAGIC.len() + 1..MAGIC.len() + 1 + KEY_ID_LEN]
             .try_into()
             .map_err(|_| Error::tampered("blob header"))?;
-        let prefix: [u8; PREFIX_LEN] = header[HEADER_LEN - PREFIX_LEN..]
+        let prefix: [u8; STREAM_PREFIX_LEN] = header[HEADER_LEN - STREAM_PREFIX_LEN..]
             .try_into()
             .map_err(|_| Error::tampered("blob header"))?;
         let key = self.data_key(&key_id).map_err(|e| match e {
@@ -107,7 +111,9 @@ impl Store {
         Ok(BlobReader {
             file,
             path,
-            chunker: Chunker::new(key, prefix, aad(&header, &name_hash)),
+            opener: Some(StreamOpener::new(&key, &prefix)),
+            aad: aad(&header, &name_hash),
+            index: 0,
             plain: Zeroizing::new(Vec::with_capacity(CHUNK_LEN + TAG_LEN)),
             pos: 0,
             done: false,
@@ -141,45 +147,15 @@ fn aad(header: &[u8], name_hash: &[u8; 32]) -> Vec<u8> {
     aad
 }
 
-/// Per-chunk nonces and sealing for one blob.
-struct Chunker {
-    key: Arc<AeadKey>,
-    prefix: [u8; PREFIX_LEN],
-    aad: Vec<u8>,
-    counter: u32,
-}
-
-impl Chunker {
-    fn new(key: Arc<AeadKey>, prefix: [u8; PREFIX_LEN], aad: Vec<u8>) -> Self {
-        Chunker {
-            key,
-            prefix,
-            aad,
-            counter: 0,
-        }
-    }
-
-    fn next_nonce(&mut self, last: bool) -> Result<[u8; NONCE_LEN]> {
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce[..PREFIX_LEN].copy_from_slice(&self.prefix);
-        nonce[PREFIX_LEN..PREFIX_LEN + 4].copy_from_slice(&self.counter.to_be_bytes());
-        nonce[NONCE_LEN - 1] = u8::from(last);
-        self.counter = self.counter.checked_add(1).ok_or(Error::TooLarge {
-            what: "blob",
-            len: usize::MAX,
-            limit: CHUNK_LEN * u32::MAX as usize,
-        })?;
-        Ok(nonce)
-    }
-}
-
 /// Streams plaintext into a sealed blob. Dropping it without
 /// [`BlobWriter::commit`] discards everything written.
 pub struct BlobWriter {
     file: Option<File>,
     tmp: PathBuf,
     dest: PathBuf,
-    chunker: Chunker,
+    /// Taken by the last chunk's sealing, in `commit`.
+    sealer: Option<StreamSealer>,
+    aad: Vec<u8>,
     /// Plaintext of the chunk being filled; sealed in place when full.
     buf: Zeroizing<Vec<u8>>,
 }
@@ -188,10 +164,13 @@ impl BlobWriter {
     /// Seals the buffered plaintext in place (the buffer has room for the
     /// tag, so no copy and no reallocation) and writes it out.
     fn seal_chunk(&mut self, last: bool) -> Result<()> {
-        let nonce = self.chunker.next_nonce(last)?;
-        self.chunker
-            .key
-            .seal(nonce, &self.chunker.aad, &mut self.buf);
+        if last {
+            let sealer = self.sealer.take().ok_or(Error::NoSuchBlob)?;
+            sealer.seal_last(&self.aad, &mut self.buf)?;
+        } else {
+            let sealer = self.sealer.as_mut().ok_or(Error::NoSuchBlob)?;
+            sealer.seal_next(&self.aad, &mut self.buf)?;
+        }
         let file = self.file.as_mut().ok_or(Error::NoSuchBlob)?;
         let written = file
             .write_all(&self.buf)
@@ -251,7 +230,11 @@ impl Drop for BlobWriter {
 pub struct BlobReader {
     file: File,
     path: PathBuf,
-    chunker: Chunker,
+    /// Taken by the last chunk's opening.
+    opener: Option<StreamOpener>,
+    aad: Vec<u8>,
+    /// Index of the next chunk, for messages.
+    index: u64,
     plain: Zeroizing<Vec<u8>>,
     pos: usize,
     done: bool,
@@ -261,25 +244,24 @@ impl BlobReader {
     fn next_chunk(&mut self) -> Result<()> {
         self.plain.resize(CHUNK_LEN + TAG_LEN, 0);
         let n = read_full(&mut self.file, &mut self.plain).map_err(|e| Error::io(&self.path, e))?;
-        let index = self.chunker.counter;
+        // A full read is never the last chunk (the writer always ends with a
+        // short one), so a short read is the last chunk or a truncation.
         let last = n < CHUNK_LEN + TAG_LEN;
         if last && n < TAG_LEN {
             return Err(Error::Truncated);
         }
-        let nonce = self.chunker.next_nonce(last)?;
-        let what = format!("blob chunk {index}");
-        let len = self
-            .chunker
-            .key
-            .open(nonce, &self.chunker.aad, &mut self.plain[..n], &what)?
-            .len();
-        self.plain.truncate(len);
-        self.pos = 0;
+        self.plain.truncate(n);
+        let what = format!("blob chunk {}", self.index);
+        self.index += 1;
         if last {
+            let opener = self.opener.take().ok_or_else(|| Error::tampered(&what))?;
+            opener.open_last(&self.aad, &mut self.plain, &what)?;
             self.done = true;
-        } else if len != CHUNK_LEN {
-            return Err(Error::tampered(what));
+        } else {
+            let opener = self.opener.as_mut().ok_or_else(|| Error::tampered(&what))?;
+            opener.open_next(&self.aad, &mut self.plain, &what)?;
         }
+        self.pos = 0;
         Ok(())
     }
 }

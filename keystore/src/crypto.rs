@@ -1,14 +1,18 @@
-//! AES-256-GCM and HMAC-SHA256 primitives, with key material held only in
-//! zeroizing buffers.
+//! AES-256-GCM (RustCrypto's `aes-gcm`, with `aead-stream`'s STREAM for
+//! blobs) and HMAC-SHA256 (ring), with key material held only in zeroizing
+//! buffers.
 //!
-//! ring is used for both: its AES-GCM is the same stitched assembly OpenSSL
-//! uses, which the at-rest throughput target needs. Caveat, recorded in
-//! ARCHITECTURE.md: ring's expanded key schedule (inside `LessSafeKey`) is not
-//! zeroized when dropped; the raw 32-byte keys we hold are.
+//! ring's AES-GCM wrote on-disk format 1; `aes-gcm` writes format 2. Both
+//! are the same AES-256-GCM, so one implementation opens both (the format 1
+//! fixture in `tests/format_v1.rs` and the cross-check below prove it).
+//! `aes-gcm`'s key schedules are zeroized on drop (its `zeroize` feature);
+//! ring stays for HMAC, randomness and TLS.
 
 use std::fmt;
 
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aead_stream::{DecryptorBE32, EncryptorBE32};
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Tag};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
@@ -20,7 +24,10 @@ pub const KEY_LEN: usize = 32;
 /// Length of an AES-GCM tag.
 pub const TAG_LEN: usize = 16;
 /// Length of an AES-GCM nonce.
-pub use ring::aead::NONCE_LEN;
+pub const NONCE_LEN: usize = 12;
+/// Length of the per-blob nonce prefix of STREAM (BE32 flavour): the nonce
+/// less a 32-bit chunk counter and a one-byte last-chunk flag.
+pub(crate) const STREAM_PREFIX_LEN: usize = NONCE_LEN - 5;
 
 /// 256 bits of secret key material. Zeroized on drop, never printed.
 #[derive(Clone)]
@@ -72,25 +79,22 @@ pub fn fill_random(buf: &mut [u8]) -> Result<()> {
     SystemRandom::new().fill(buf).map_err(|_| Error::Random)
 }
 
-/// An AES-256-GCM key ready for use.
-pub struct AeadKey(LessSafeKey);
+/// An AES-256-GCM key ready for use; its key schedule is wiped on drop.
+pub struct AeadKey(Aes256Gcm);
 
 impl AeadKey {
     /// Expands `key` for AES-256-GCM.
     pub fn new(key: &SecretKey) -> Self {
-        // Cannot fail: the length is fixed by the type.
-        let unbound = UnboundKey::new(&AES_256_GCM, key.expose().as_ref())
-            .unwrap_or_else(|_| unreachable!("AES-256 key length is fixed"));
-        AeadKey(LessSafeKey::new(unbound))
+        AeadKey(Aes256Gcm::new(key.expose().into()))
     }
 
     /// Encrypts `in_out` in place and appends the tag.
     pub fn seal(&self, nonce: [u8; NONCE_LEN], aad: &[u8], in_out: &mut Vec<u8>) {
         let tag = self
             .0
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out)
+            .encrypt_inout_detached(&nonce.into(), aad, in_out.as_mut_slice().into())
             .unwrap_or_else(|_| unreachable!("AES-GCM sealing only fails beyond 64 GiB"));
-        in_out.extend_from_slice(tag.as_ref());
+        in_out.extend_from_slice(&tag);
     }
 
     /// Decrypts `in_out` (ciphertext followed by tag) in place and returns
@@ -102,15 +106,85 @@ impl AeadKey {
         in_out: &'a mut [u8],
         what: &str,
     ) -> Result<&'a mut [u8]> {
+        let len = in_out
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or_else(|| Error::tampered(what))?;
+        let (text, tag) = in_out.split_at_mut(len);
+        let tag = Tag::try_from(&*tag).map_err(|_| Error::tampered(what))?;
+        // On failure the buffer is left as it was: aes-gcm checks the tag
+        // before it decrypts.
         self.0
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), in_out)
-            .map_err(|_| Error::tampered(what))
+            .decrypt_inout_detached(&nonce.into(), aad, (&mut *text).into(), &tag)
+            .map_err(|_| Error::tampered(what))?;
+        Ok(text)
     }
 }
 
 impl fmt::Debug for AeadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AeadKey(<redacted>)")
+    }
+}
+
+/// Seals the chunks of one blob in order: STREAM (Hoang, Reyhanitabar,
+/// Rogaway, Vizár) as `aead-stream`'s BE32 flavour, nonce = prefix (7) |
+/// chunk counter (u32 BE) | last-chunk flag (1 byte).
+pub(crate) struct StreamSealer(EncryptorBE32<Aes256Gcm>);
+
+impl StreamSealer {
+    /// A sealer over a copy of `key`'s schedule (wiped when it drops).
+    pub(crate) fn new(key: &AeadKey, prefix: &[u8; STREAM_PREFIX_LEN]) -> Self {
+        StreamSealer(EncryptorBE32::from_aead(key.0.clone(), prefix.into()))
+    }
+
+    /// Seals a chunk that is not the last, in place (the tag is appended).
+    pub(crate) fn seal_next(&mut self, aad: &[u8], in_out: &mut Vec<u8>) -> Result<()> {
+        self.0
+            .encrypt_next_in_place(aad, in_out)
+            .map_err(|_| too_many_chunks())
+    }
+
+    /// Seals the last chunk, in place; nothing can follow it.
+    pub(crate) fn seal_last(self, aad: &[u8], in_out: &mut Vec<u8>) -> Result<()> {
+        self.0
+            .encrypt_last_in_place(aad, in_out)
+            .map_err(|_| too_many_chunks())
+    }
+}
+
+/// Opens the chunks of one blob in order; the counterpart of
+/// [`StreamSealer`]. A chunk out of place, a missing last chunk or a chunk
+/// after it fails authentication.
+pub(crate) struct StreamOpener(DecryptorBE32<Aes256Gcm>);
+
+impl StreamOpener {
+    /// An opener over a copy of `key`'s schedule (wiped when it drops).
+    pub(crate) fn new(key: &AeadKey, prefix: &[u8; STREAM_PREFIX_LEN]) -> Self {
+        StreamOpener(DecryptorBE32::from_aead(key.0.clone(), prefix.into()))
+    }
+
+    /// Opens a chunk that is not the last, in place (the tag is removed).
+    pub(crate) fn open_next(&mut self, aad: &[u8], in_out: &mut Vec<u8>, what: &str) -> Result<()> {
+        self.0
+            .decrypt_next_in_place(aad, in_out)
+            .map_err(|_| Error::tampered(what))
+    }
+
+    /// Opens the last chunk, in place.
+    pub(crate) fn open_last(self, aad: &[u8], in_out: &mut Vec<u8>, what: &str) -> Result<()> {
+        self.0
+            .decrypt_last_in_place(aad, in_out)
+            .map_err(|_| Error::tampered(what))
+    }
+}
+
+/// A STREAM counts at most 2^32 − 1 chunks (256 TiB of 64 KiB chunks).
+fn too_many_chunks() -> Error {
+    Error::TooLarge {
+        what: "blob",
+        len: usize::MAX,
+        limit: crate::CHUNK_LEN * u32::MAX as usize,
     }
 }
 
@@ -195,6 +269,105 @@ mod tests {
         key.seal(iv.clone().try_into().unwrap(), &aad, &mut buf);
         assert_eq!(&buf[..pt.len()], &ct[..]);
         assert_eq!(&buf[pt.len()..], &tag[..]);
+    }
+
+    /// Format 1 was sealed by ring: ring's output opens here, and ours
+    /// opens in ring, for lengths around the block and tag sizes.
+    #[test]
+    fn ring_and_aes_gcm_agree_both_ways() {
+        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        let secret = SecretKey::random().unwrap();
+        let ring_key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, secret.expose()).unwrap());
+        let key = AeadKey::new(&secret);
+        for len in [0, 1, 15, 16, 17, 255, 4096, 65536 + 3] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
+            let nonce = random_nonce().unwrap();
+            let aad = format!("aad {len}");
+
+            let mut by_ring = plain.clone();
+            let n = Nonce::assume_unique_for_key(nonce);
+            ring_key
+                .seal_in_place_append_tag(n, Aad::from(aad.as_bytes()), &mut by_ring)
+                .unwrap();
+            let mut ours = plain.clone();
+            key.seal(nonce, aad.as_bytes(), &mut ours);
+            assert_eq!(ours, by_ring, "length {len}");
+
+            assert_eq!(
+                key.open(nonce, aad.as_bytes(), &mut by_ring, "t").unwrap(),
+                &plain[..]
+            );
+            let n = Nonce::assume_unique_for_key(nonce);
+            let opened = ring_key
+                .open_in_place(n, Aad::from(aad.as_bytes()), &mut ours)
+                .unwrap();
+            assert_eq!(opened, &plain[..]);
+        }
+    }
+
+    /// Blob format 1's STREAM, as our own code built its nonces (prefix |
+    /// counter u32 BE | last flag), opens with aead-stream's BE32 and the
+    /// other way round: one reader serves both blob formats.
+    #[test]
+    fn stream_be32_is_the_format_1_nonce_layout() {
+        let key = AeadKey::new(&SecretKey::random().unwrap());
+        let prefix = [9u8; STREAM_PREFIX_LEN];
+        let format_1_nonce = |i: u32, last: bool| {
+            let mut n = [0u8; NONCE_LEN];
+            n[..STREAM_PREFIX_LEN].copy_from_slice(&prefix);
+            n[STREAM_PREFIX_LEN..NONCE_LEN - 1].copy_from_slice(&i.to_be_bytes());
+            n[NONCE_LEN - 1] = u8::from(last);
+            n
+        };
+        let chunks: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + usize::from(i)]).collect();
+
+        let mut sealer = StreamSealer::new(&key, &prefix);
+        let mut opener = StreamOpener::new(&key, &prefix);
+        for (i, chunk) in (0u32..).zip(&chunks[..4]) {
+            let mut old = chunk.clone();
+            key.seal(format_1_nonce(i, false), b"aad", &mut old);
+            let mut new = chunk.clone();
+            sealer.seal_next(b"aad", &mut new).unwrap();
+            assert_eq!(new, old, "chunk {i}");
+            opener.open_next(b"aad", &mut old, "t").unwrap();
+            assert_eq!(&old, chunk);
+        }
+        let mut old = chunks[4].clone();
+        key.seal(format_1_nonce(4, true), b"aad", &mut old);
+        let mut new = chunks[4].clone();
+        sealer.seal_last(b"aad", &mut new).unwrap();
+        assert_eq!(new, old);
+        opener.open_last(b"aad", &mut old, "t").unwrap();
+        assert_eq!(old, chunks[4]);
+    }
+
+    #[test]
+    fn stream_refuses_reordered_and_early_last_chunks() {
+        let key = AeadKey::new(&SecretKey::random().unwrap());
+        let prefix = [3u8; STREAM_PREFIX_LEN];
+        let mut sealer = StreamSealer::new(&key, &prefix);
+        let mut first = b"first".to_vec();
+        let mut second = b"second".to_vec();
+        sealer.seal_next(b"", &mut first).unwrap();
+        sealer.seal_last(b"", &mut second).unwrap();
+
+        let mut opener = StreamOpener::new(&key, &prefix);
+        assert!(opener.open_next(b"", &mut second.clone(), "t").is_err());
+        let opener = StreamOpener::new(&key, &prefix);
+        assert!(opener.open_last(b"", &mut first.clone(), "t").is_err());
+        let mut opener = StreamOpener::new(&key, &prefix);
+        opener.open_next(b"", &mut first, "t").unwrap();
+        opener.open_last(b"", &mut second, "t").unwrap();
+        assert_eq!(second, b"second");
+    }
+
+    #[test]
+    fn open_refuses_input_shorter_than_a_tag() {
+        let key = AeadKey::new(&SecretKey::random().unwrap());
+        for len in 0..TAG_LEN {
+            let mut buf = vec![0u8; len];
+            assert!(key.open([0; NONCE_LEN], b"", &mut buf, "t").is_err());
+        }
     }
 
     #[test]

@@ -13,6 +13,13 @@
 //! <dir>/blobs/<hash>          chunked AEAD files (see `blob.rs`)
 //! ```
 //!
+//! Sealed records, wrapped data keys and blobs start with a format version
+//! byte, which their associated data binds. Format 1 was written with ring's
+//! AES-256-GCM, format 2 with RustCrypto's `aes-gcm`: the same cipher and
+//! layout, so both are read and new writes are format 2 (a wrapped key of
+//! format 2 also binds its version byte, which format 1 did not). The sealed
+//! KEK's own envelope (`S`) holds no ciphertext of ours and stays at 1.
+//!
 //! Every write is flushed to disk before the call returns, so anything a
 //! caller was told succeeded survives a crash or power cut.
 
@@ -28,8 +35,14 @@ use crate::crypto::{AeadKey, IdHasher, NONCE_LEN, SecretKey, TAG_LEN, fill_rando
 use crate::error::{Error, Result};
 use crate::fsutil;
 
-/// Version byte of every structure this module writes.
+/// Format of records, wrapped keys and blobs written with ring (read only).
 const FORMAT_V1: u8 = 1;
+/// Format of records, wrapped keys and blobs written with `aes-gcm`.
+const FORMAT_V2: u8 = 2;
+/// The format every new record, wrapped key and blob is written in.
+pub(crate) const FORMAT: u8 = FORMAT_V2;
+/// Version of the sealed KEK's envelope (backend, generation, backend blob).
+const SEALED_KEK_FORMAT: u8 = 1;
 /// Length of a data key identifier (random, so it reveals nothing).
 pub(crate) const KEY_ID_LEN: usize = 16;
 /// The metadata key's fixed identifier.
@@ -49,6 +62,7 @@ const DEK_PREFIX: u8 = b'K';
 const PURPOSE_PREFIX: u8 = b'P';
 const TOMBSTONE_PREFIX: u8 = b'X';
 
+// The "v1" in these labels names the binding, not the format version.
 const DEK_AAD: &[u8] = b"appliance keystore: data key v1";
 const RECORD_AAD: &[u8] = b"appliance keystore: record v1";
 
@@ -441,10 +455,14 @@ impl Tree {
         body.extend_from_slice(&(id.len() as u16).to_be_bytes());
         body.extend_from_slice(id);
         body.extend_from_slice(value);
-        key.seal(nonce, &self.record_aad(&record_hash, &key_id), &mut body);
+        key.seal(
+            nonce,
+            &self.record_aad(&record_hash, &key_id, FORMAT),
+            &mut body,
+        );
 
         let mut sealed = Vec::with_capacity(1 + KEY_ID_LEN + NONCE_LEN + body.len());
-        sealed.push(FORMAT_V1);
+        sealed.push(FORMAT);
         sealed.extend_from_slice(&key_id);
         sealed.extend_from_slice(&nonce);
         sealed.extend_from_slice(&body);
@@ -512,13 +530,13 @@ impl Tree {
             .hash(&[b"record", &self.tree_hash, id])
     }
 
-    fn record_aad(&self, record_hash: &[u8; 32], key_id: &KeyId) -> Vec<u8> {
+    fn record_aad(&self, record_hash: &[u8; 32], key_id: &KeyId, format: u8) -> Vec<u8> {
         let mut aad = Vec::with_capacity(RECORD_AAD.len() + 32 + 32 + KEY_ID_LEN + 1);
         aad.extend_from_slice(RECORD_AAD);
         aad.extend_from_slice(&self.tree_hash);
         aad.extend_from_slice(record_hash);
         aad.extend_from_slice(key_id);
-        aad.push(FORMAT_V1);
+        aad.push(format);
         aad
     }
 
@@ -527,8 +545,9 @@ impl Tree {
         if sealed.len() < header + 2 + TAG_LEN {
             return Err(Error::tampered("record (too short)"));
         }
-        if sealed[0] != FORMAT_V1 {
-            // Only one version exists, so any other byte is damage.
+        let format = sealed[0];
+        if !known_format(format) {
+            // Any other byte is damage: no later format exists.
             return Err(Error::tampered("record (unknown format version)"));
         }
         let key_id: KeyId = sealed[1..1 + KEY_ID_LEN]
@@ -541,7 +560,7 @@ impl Tree {
         let mut body = Zeroizing::new(sealed[header..].to_vec());
         let plain = key.open(
             nonce,
-            &self.record_aad(record_hash, &key_id),
+            &self.record_aad(record_hash, &key_id, format),
             &mut body,
             "record",
         )?;
@@ -628,7 +647,7 @@ fn create_hierarchy(
 
 fn encode_sealed_kek(kind: BackendKind, generation: u32, blob: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(6 + blob.len());
-    out.push(FORMAT_V1);
+    out.push(SEALED_KEK_FORMAT);
     out.push(kind.to_byte());
     out.extend_from_slice(&generation.to_be_bytes());
     out.extend_from_slice(blob);
@@ -639,7 +658,7 @@ fn parse_sealed_kek(bytes: &[u8]) -> Result<(BackendKind, u32, &[u8])> {
     if bytes.len() < 6 {
         return Err(Error::tampered("sealed key (too short)"));
     }
-    if bytes[0] != FORMAT_V1 {
+    if bytes[0] != SEALED_KEK_FORMAT {
         return Err(Error::UnsupportedFormat {
             what: "sealed key",
             version: bytes[0],
@@ -651,34 +670,49 @@ fn parse_sealed_kek(bytes: &[u8]) -> Result<(BackendKind, u32, &[u8])> {
     Ok((kind, generation, &bytes[6..]))
 }
 
-fn dek_aad(generation: u32, id: &KeyId) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(DEK_AAD.len() + 4 + KEY_ID_LEN);
+/// Whether this build reads records, wrapped keys and blobs of `format`.
+pub(crate) fn known_format(format: u8) -> bool {
+    matches!(format, FORMAT_V1 | FORMAT_V2)
+}
+
+fn dek_aad(format: u8, generation: u32, id: &KeyId) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(DEK_AAD.len() + 4 + KEY_ID_LEN + 1);
     aad.extend_from_slice(DEK_AAD);
     aad.extend_from_slice(&generation.to_be_bytes());
     aad.extend_from_slice(id);
+    // Format 1 did not bind its version byte here; later formats do.
+    if format != FORMAT_V1 {
+        aad.push(format);
+    }
     aad
 }
 
 fn wrap_dek(kek: &AeadKey, generation: u32, id: &KeyId, dek: &SecretKey) -> Result<Vec<u8>> {
     let nonce = random_nonce()?;
     let mut body = dek.expose().to_vec();
-    kek.seal(nonce, &dek_aad(generation, id), &mut body);
+    kek.seal(nonce, &dek_aad(FORMAT, generation, id), &mut body);
     let mut out = Vec::with_capacity(1 + NONCE_LEN + body.len());
-    out.push(FORMAT_V1);
+    out.push(FORMAT);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(&body);
     Ok(out)
 }
 
 fn unwrap_dek(kek: &AeadKey, generation: u32, id: &KeyId, wrapped: &[u8]) -> Result<SecretKey> {
-    if wrapped.len() != 1 + NONCE_LEN + 32 + TAG_LEN || wrapped[0] != FORMAT_V1 {
+    if wrapped.len() != 1 + NONCE_LEN + 32 + TAG_LEN || !known_format(wrapped[0]) {
         return Err(Error::tampered("data key"));
     }
+    let format = wrapped[0];
     let nonce: [u8; NONCE_LEN] = wrapped[1..1 + NONCE_LEN]
         .try_into()
         .map_err(|_| Error::tampered("data key"))?;
     let mut body = Zeroizing::new(wrapped[1 + NONCE_LEN..].to_vec());
-    let plain = kek.open(nonce, &dek_aad(generation, id), &mut body, "data key")?;
+    let plain = kek.open(
+        nonce,
+        &dek_aad(format, generation, id),
+        &mut body,
+        "data key",
+    )?;
     SecretKey::from_slice(plain).ok_or_else(|| Error::tampered("data key"))
 }
 

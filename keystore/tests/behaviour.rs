@@ -256,6 +256,12 @@ both_backends!(blobs_stream_and_detect_damage, |fx| {
         ("truncated mid-chunk", good[..good.len() - 5].to_vec()),
         ("bytes appended", [good.clone(), vec![0; 40]].concat()),
         ("header only", good[..30].to_vec()),
+        ("format version relabelled", {
+            // "APBLOB" then the version byte, which every chunk authenticates.
+            let mut b = good.clone();
+            b[6] = 1;
+            b
+        }),
     ];
     for (what, bytes) in damages {
         std::fs::write(&path, &bytes).unwrap();
