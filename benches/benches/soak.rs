@@ -7,7 +7,10 @@
 //! Run: `cargo build --release -p appliance -p provisioning -p images &&
 //! cargo bench -p benches --bench soak` (after `scripts/models`).
 //! `BENCH_SOAK_SECONDS` sets each run's length (default 60);
-//! `BENCH_SOAK_CACHE_MB` sets `keystore.cache_mb` (default: the daemon's).
+//! `BENCH_SOAK_CACHE_MB` sets `keystore.cache_mb` and
+//! `BENCH_SOAK_RETAIN_RECORDS` sets `audit.retain_records` (defaults: the
+//! daemon's). Until the audit window is full, each kept record adds about
+//! 75 bytes of the store's index to resident memory, by design.
 //! Memory is read after a settle of 12 s, so jemalloc's 10 s decay has
 //! returned what a burst left behind.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a harness: fail loudly
@@ -33,10 +36,17 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let mut app = Appliance::start("max_concurrent_streams = 256\nmax_connections = 4096\n");
-    if let Ok(mb) = std::env::var("BENCH_SOAK_CACHE_MB") {
+    let cache = std::env::var("BENCH_SOAK_CACHE_MB").ok();
+    let retain = std::env::var("BENCH_SOAK_RETAIN_RECORDS").ok();
+    if cache.is_some() || retain.is_some() {
         app.stop();
-        let config = std::fs::read_to_string(&app.config).unwrap();
-        let config = config.replace("[keystore]\n", &format!("[keystore]\ncache_mb = {mb}\n"));
+        let mut config = std::fs::read_to_string(&app.config).unwrap();
+        if let Some(mb) = cache {
+            config = config.replace("[keystore]\n", &format!("[keystore]\ncache_mb = {mb}\n"));
+        }
+        if let Some(n) = retain {
+            config.push_str(&format!("[audit]\nretain_records = {n}\n"));
+        }
         std::fs::write(&app.config, config).unwrap();
         app.launch();
     }
