@@ -114,6 +114,9 @@ pub struct Retention {
     /// refused, before the store itself would fail (sled treats a failed
     /// write as fatal until it is reopened).
     pub min_free_bytes: u64,
+    /// Where records are archived before they are pruned (None: pruned
+    /// records are dropped).
+    pub archive: Option<std::path::PathBuf>,
 }
 
 /// Free bytes on the filesystem holding `dir`, for an unprivileged writer.
@@ -412,6 +415,7 @@ impl Writer {
             };
             let keep_from_count = self.count.saturating_sub(self.retention.max_records);
             let mut doomed = Vec::new();
+            let mut archived = Vec::new();
             while first < self.count && (doomed.len() as u64) < PRUNE_STEP {
                 let record = match read(&self.tree, first) {
                     Ok(Some(r)) => r,
@@ -420,11 +424,28 @@ impl Writer {
                 if first >= keep_from_count && record.time_ms >= cutoff_ms {
                     break;
                 }
-                previous = record.hash;
+                previous.clone_from(&record.hash);
                 doomed.push(first.to_be_bytes());
+                archived.push(record);
                 first += 1;
             }
             if doomed.is_empty() {
+                return;
+            }
+            // Archived and on disk before anything is removed: a crash in
+            // between archives some records twice (their sequence numbers
+            // tell), never loses one.
+            if let Some(dir) = &self.retention.archive
+                && let Err(e) = archive(dir, &archived)
+            {
+                self.stats
+                    .write_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
+                    error = %e,
+                    dir = %dir.display(),
+                    "archiving audit records failed; not pruning"
+                );
                 return;
             }
             let cp = Checkpoint {
@@ -454,6 +475,38 @@ impl Writer {
             }
         }
     }
+}
+
+/// Appends `records` to today's archive file (`audit-YYYY-MM-DD.jsonl`,
+/// UTC, mode 0600, one record per line as `verify` reads them) and fsyncs
+/// it.
+fn archive(dir: &std::path::Path, records: &[Record]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let day = time::OffsetDateTime::now_utc().date();
+    let path = dir.join(format!("audit-{day}.jsonl"));
+    let created = !path.exists();
+    let mut lines = Vec::with_capacity(records.len() * 256);
+    for record in records {
+        serde_json::to_writer(&mut lines, record)?;
+        lines.push(b'\n');
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(&lines)?;
+    file.sync_data()?;
+    if created {
+        durable::sync_parent(&path)?;
+    }
+    Ok(())
 }
 
 /// JSON for what the writer stores; an error, never silently empty.
@@ -501,7 +554,7 @@ pub fn export(store: &Store, from: u64) -> Result<Vec<Record>, AppError> {
 
 /// Checks the whole chain from the checkpoint (if records were pruned) to
 /// the head. Returns the range checked, or the first broken link in words.
-pub fn verify(store: &Store) -> Result<Verified, String> {
+pub fn verify(store: &Store, archive: Option<&std::path::Path>) -> Result<Verified, String> {
     let tree = store.tree(TREE, PURPOSE).map_err(|e| e.to_string())?;
     let head: Option<Head> = match tree.get(HEAD) {
         Ok(Some(bytes)) => Some(
@@ -516,7 +569,56 @@ pub fn verify(store: &Store) -> Result<Verified, String> {
         Ok(None) => (0, genesis()),
         Err(e) => return Err(format!("the audit checkpoint: {e}")),
     };
-    let first = sequence;
+    let mut first = sequence;
+    let mut archived = 0;
+    if let Some(dir) = archive.filter(|d| d.exists()) {
+        let records = read_archive(dir)?;
+        // Archived after the checkpoint was written: a crash between
+        // archiving and pruning; the store's copy is the one checked.
+        let records: Vec<&Record> = records.iter().filter(|r| r.sequence < sequence).collect();
+        if let Some((head, rest)) = records.split_first() {
+            // Archive files an operator has shipped away leave an anchor
+            // that cannot be checked: the chain is verified from the first
+            // record still archived.
+            let mut previous = if head.sequence == 0 {
+                let expected = chain_hash(&genesis(), 0, head.time_ms, &head.event);
+                if head.hash != expected {
+                    return Err("archived record 0 does not match its chain hash".into());
+                }
+                head.hash.clone()
+            } else {
+                head.hash.clone()
+            };
+            let mut at = head.sequence;
+            for record in rest {
+                if record.sequence != at + 1 {
+                    return Err(format!(
+                        "archived records {} to {} are missing",
+                        at + 1,
+                        record.sequence - 1
+                    ));
+                }
+                if record.hash
+                    != chain_hash(&previous, record.sequence, record.time_ms, &record.event)
+                {
+                    return Err(format!(
+                        "archived record {} does not match its chain hash",
+                        record.sequence
+                    ));
+                }
+                previous.clone_from(&record.hash);
+                at = record.sequence;
+            }
+            if at + 1 != sequence || previous != last {
+                return Err(format!(
+                    "the archive ends at record {at} but the store's checkpoint continues from \
+                     record {sequence} with another chain hash"
+                ));
+            }
+            archived = sequence - head.sequence;
+            first = head.sequence;
+        }
+    }
     loop {
         let record = match tree.get(&sequence.to_be_bytes()) {
             Ok(Some(bytes)) => serde_json::from_slice::<Record>(&bytes)
@@ -552,17 +654,54 @@ pub fn verify(store: &Store) -> Result<Verified, String> {
     Ok(Verified {
         first,
         end: sequence,
+        archived,
     })
+}
+
+/// Every record in the archive files of `dir`, by sequence. A record
+/// archived twice (a crash between archiving and pruning) must be the same
+/// both times.
+fn read_archive(dir: &std::path::Path) -> Result<Vec<Record>, String> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("the archive {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    files.sort();
+    let mut records = std::collections::BTreeMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("the archive file {}: {e}", file.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let record: Record = serde_json::from_str(line)
+                .map_err(|_| format!("{} line {} does not parse", file.display(), n + 1))?;
+            if let Some(earlier) = records.insert(record.sequence, record.clone())
+                && earlier != record
+            {
+                return Err(format!(
+                    "record {} is archived twice with different content",
+                    record.sequence
+                ));
+            }
+        }
+    }
+    Ok(records.into_values().collect())
 }
 
 /// What [`verify`] checked: records `first..end` (those before `first` were
 /// pruned by retention; the chain is anchored at the checkpoint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verified {
-    /// The first record kept.
+    /// The first record checked (archived or kept).
     pub first: u64,
     /// One past the last record.
     pub end: u64,
+    /// How many of the records checked came from the archive.
+    pub archived: u64,
 }
 
 /// RFC 3339 UTC time of a record.

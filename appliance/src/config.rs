@@ -54,6 +54,11 @@ pub struct AuditConfig {
     /// At most this many records are kept (each costs about 900 bytes of
     /// disk and, in the store's index, about 75 bytes of memory).
     pub retain_records: u64,
+    /// Archive records (JSON lines, one file per UTC day) before pruning
+    /// them; false drops them.
+    pub archive: bool,
+    /// Where the archive goes (default: `<data_dir>/audit-archive`).
+    pub archive_dir: Option<PathBuf>,
 }
 
 impl Default for AuditConfig {
@@ -61,6 +66,8 @@ impl Default for AuditConfig {
         AuditConfig {
             retain_days: 90,
             retain_records: 1_000_000,
+            archive: true,
+            archive_dir: None,
         }
     }
 }
@@ -120,6 +127,11 @@ pub struct ServerConfig {
     /// Largest gRPC message accepted or sent, in bytes.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// Request bytes the server holds at once, across all connections, in
+    /// MiB (from the first byte until the answer is sent); a request that
+    /// would go beyond is refused RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_inflight_mb")]
+    pub max_inflight_mb: usize,
     /// Open connections beyond this are closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -233,6 +245,9 @@ fn default_min_tls() -> String {
 fn default_max_message() -> usize {
     16 << 20
 }
+fn default_max_inflight_mb() -> usize {
+    256
+}
 fn default_max_connections() -> usize {
     1024
 }
@@ -313,6 +328,9 @@ impl Config {
         let s = &self.server;
         if s.max_message_bytes < 1024 || s.max_message_bytes > (1 << 30) {
             return Err("server.max_message_bytes: must be between 1 KiB and 1 GiB".into());
+        }
+        if s.max_inflight_mb == 0 || s.max_inflight_mb > (1 << 20) {
+            return Err("server.max_inflight_mb: must be between 1 and 1048576".into());
         }
         if s.max_connections == 0 {
             return Err("server.max_connections: must be at least 1".into());
@@ -416,6 +434,12 @@ impl Config {
             max_records: self.audit.retain_records,
             data_dir: self.keystore.data_dir.clone(),
             min_free_bytes: self.keystore.min_free_mb << 20,
+            archive: self.audit.archive.then(|| {
+                self.audit
+                    .archive_dir
+                    .clone()
+                    .unwrap_or_else(|| self.keystore.data_dir.join("audit-archive"))
+            }),
         }
     }
 

@@ -73,7 +73,11 @@ pub fn start(config: Config, store: Store) -> Result<(Arc<AppState>, AuditWriter
         0 => Pool::per_core(config.inference.queue),
         n => Pool::new(n, config.inference.queue),
     };
-    let (audit, writer) = AuditLog::start(&store, config.audit_retention())?;
+    let retention = config.audit_retention();
+    if retention.archive.is_none() {
+        tracing::warn!("audit.archive = false: records pruned by retention are dropped");
+    }
+    let (audit, writer) = AuditLog::start(&store, retention)?;
     let update_root = updates::root_version(&store)?;
     if config.models.allow_unsigned {
         tracing::warn!(

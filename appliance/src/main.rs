@@ -328,9 +328,30 @@ fn install(
 
 fn verify(config: &Config) -> anyhow::Result<()> {
     let store = appliance::open_store(config).context("opening the keystore")?;
-    match appliance::audit::verify(&store) {
-        Ok(v) if v.first == 0 => {
+    let archive = config.audit_retention().archive;
+    match appliance::audit::verify(&store, archive.as_deref()) {
+        Ok(v) if v.first == 0 && v.archived == 0 => {
             println!("audit log intact: {} records, hash chain verified", v.end);
+            Ok(())
+        }
+        Ok(v) if v.archived > 0 => {
+            println!(
+                "audit log intact: records {} to {}, hash chain verified{} ({} archived in {}, \
+                 {} kept)",
+                v.first,
+                v.end.saturating_sub(1),
+                if v.first == 0 {
+                    " from the first record"
+                } else {
+                    " from the oldest archived record"
+                },
+                v.archived,
+                archive
+                    .as_deref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                v.end - v.first - v.archived
+            );
             Ok(())
         }
         Ok(v) => {

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub cut_flood: AtomicU64,
     /// Connections cut because the client stopped taking its answers.
     pub cut_stalled: AtomicU64,
+    /// Requests refused at `server.max_inflight_mb`.
+    pub inflight_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -151,6 +153,11 @@ impl Metrics {
                 "appliance_connections_cut_flood_total",
                 "Connections cut for flooding PING, SETTINGS or empty DATA frames.",
                 self.cut_flood.load(Ordering::Relaxed),
+            ),
+            (
+                "appliance_requests_refused_inflight_total",
+                "Requests refused because the server held max_inflight_mb of requests.",
+                self.inflight_refused.load(Ordering::Relaxed),
             ),
             (
                 "appliance_connections_cut_stalled_total",

@@ -39,6 +39,8 @@ pub async fn serve(
     shutdown: impl Future,
 ) {
     let limit = Arc::new(Semaphore::new(state.config.server.max_connections));
+    // Request bytes held across all connections, in KiB.
+    let inflight = Arc::new(Semaphore::new(state.config.server.max_inflight_mb << 10));
     let (stop_tx, _) = broadcast::channel::<()>(1);
     // Every connection task, so the ones still open when the grace period
     // ends can be closed.
@@ -66,9 +68,10 @@ pub async fn serve(
                 let state = state.clone();
                 let routes = routes.clone();
                 let stop = stop_tx.subscribe();
+                let inflight = inflight.clone();
                 tracing::debug!(peer = %peer_address, "connection accepted");
                 connections.spawn(async move {
-                    connection(state, routes, tcp, stop).await;
+                    connection(state, routes, tcp, inflight, stop).await;
                     drop(permit);
                 });
             }
@@ -98,6 +101,7 @@ async fn connection(
     state: Arc<AppState>,
     routes: Routes,
     tcp: TcpStream,
+    inflight: Arc<Semaphore>,
     mut stop: broadcast::Receiver<()>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -142,6 +146,7 @@ async fn connection(
             let routes = routes.clone();
             // Open until the response body is done (or dropped).
             let open = activity.open();
+            let inflight = inflight.clone();
             async move {
                 if request.uri().path() == "/metrics" {
                     let response = metrics(&state, &peer_of(&request));
@@ -149,9 +154,23 @@ async fn connection(
                 }
                 let peer = peer_of(&request);
                 let method = request.uri().path().to_owned();
+                let budget = Share::new(inflight, state.config.server.max_inflight_mb);
+                let request = request.map(|body| Budgeted {
+                    body,
+                    budget: budget.clone(),
+                });
                 let response = routes.oneshot(request).await?;
                 let response = oversize_as_exhausted(&state, peer.as_ref(), &method, response);
-                Ok(tracked(response, open))
+                if budget.refused() {
+                    state
+                        .metrics
+                        .inflight_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    state.record_refusal(peer.as_ref(), &method, "RESOURCE_EXHAUSTED");
+                }
+                // The bytes stay counted until the answer is sent: the
+                // decoded request lives that long.
+                Ok(tracked(response, open.holding(budget)))
             }
         })
     };
@@ -221,8 +240,16 @@ struct Activity {
     next: std::sync::atomic::AtomicU64,
 }
 
-/// One open request; closes it when dropped.
-struct Open(Arc<Activity>);
+/// One open request; closes it when dropped, with the request bytes it
+/// holds against `server.max_inflight_mb`.
+struct Open(Arc<Activity>, Option<Share>);
+
+impl Open {
+    fn holding(mut self, budget: Share) -> Open {
+        self.1 = Some(budget);
+        self
+    }
+}
 
 impl Activity {
     fn new() -> Self {
@@ -266,7 +293,7 @@ impl Activity {
 
     fn open(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Ordering::SeqCst);
-        Open(self.clone())
+        Open(self.clone(), None)
     }
 
     /// How long the connection has had no open request, if it has none.
@@ -597,5 +624,106 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One request's share of `server.max_inflight_mb`: the request bytes it
+/// has received, in KiB permits, held until its answer is sent.
+#[derive(Clone)]
+struct Share(Arc<std::sync::Mutex<Held>>);
+
+struct Held {
+    pool: Arc<Semaphore>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    bytes: u64,
+    refused: bool,
+    limit_mb: usize,
+}
+
+impl Share {
+    fn new(pool: Arc<Semaphore>, limit_mb: usize) -> Share {
+        Share(Arc::new(std::sync::Mutex::new(Held {
+            pool,
+            permit: None,
+            bytes: 0,
+            refused: false,
+            limit_mb,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `n` more bytes; false if the server holds too many already.
+    fn take(&self, n: usize) -> bool {
+        let mut held = self.lock();
+        let bytes = held.bytes + n as u64;
+        let have = held.permit.as_ref().map_or(0, |p| p.num_permits());
+        let need = usize::try_from(bytes.div_ceil(1024)).unwrap_or(usize::MAX);
+        if need > have {
+            match held
+                .pool
+                .clone()
+                .try_acquire_many_owned(u32::try_from(need - have).unwrap_or(u32::MAX))
+            {
+                Ok(more) => match &mut held.permit {
+                    Some(p) => p.merge(more),
+                    None => held.permit = Some(more),
+                },
+                Err(_) => {
+                    held.refused = true;
+                    return false;
+                }
+            }
+        }
+        held.bytes = bytes;
+        true
+    }
+
+    fn refused(&self) -> bool {
+        self.lock().refused
+    }
+}
+
+/// A request body that counts its bytes against the server's budget and
+/// fails with RESOURCE_EXHAUSTED once the budget is spent.
+struct Budgeted {
+    body: hyper::body::Incoming,
+    budget: Share,
+}
+
+impl http_body::Body for Budgeted {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        Poll::Ready(frame.map(|frame| {
+            let frame = frame.map_err(|e| tonic::Status::from_error(Box::new(e)))?;
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            if self.budget.take(n) {
+                Ok(frame)
+            } else {
+                let limit = self.budget.lock().limit_mb;
+                Err(tonic::Status::resource_exhausted(format!(
+                    "the server is holding its limit of request bytes ({limit} MiB, \
+                     server.max_inflight_mb); retry later"
+                )))
+            }
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

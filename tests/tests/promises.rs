@@ -205,7 +205,53 @@ fn the_audit_log_keeps_what_retention_says_and_verifies_from_its_checkpoint() {
         sequences.windows(2).all(|w| w[1] == w[0] + 1),
         "{sequences:?}"
     );
+    // What retention removed was archived first, in order, and the archive
+    // chains into what the store keeps (read once the daemon is stopped:
+    // the export was a call too, and pruning went on after it).
     app.stop();
+    let archive = app.dir.path().join("data/audit-archive");
+    let files: Vec<_> = std::fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one file per UTC day: {files:?}");
+    let archived: Vec<u64> = std::fs::read_to_string(&files[0])
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let last = *archived.last().unwrap();
+    assert_eq!(archived, (0..=last).collect::<Vec<_>>());
+    assert!(last + 1 >= first, "records {last}..{first} were lost");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (ok, text) = app.audit_verify();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("hash chain verified from the first record")
+            && text.contains(&format!("({} archived in", last + 1)),
+        "{text}"
+    );
+    // A changed archived record is caught, by number.
+    let original = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::write(
+        &files[0],
+        original.replacen("\"OK\"", "\"PERMISSION_DENIED\"", 1),
+    )
+    .unwrap();
+    let (ok, text) = app.audit_verify();
+    assert!(
+        !ok && text.contains("archived record 0 does not match"),
+        "{text}"
+    );
+    // Shipped away (deleted), the archive no longer anchors the chain:
+    // the store is verified from its checkpoint.
+    std::fs::remove_dir_all(&archive).unwrap();
     let (ok, text) = app.audit_verify();
     assert!(ok, "{text}");
     assert!(
@@ -373,4 +419,48 @@ fn a_ten_second_soak_fails_nothing_and_holds_its_memory() {
         end * 10 <= warm * 11,
         "resident memory grew from {warm} to {end} KiB over 10 s of load"
     );
+}
+
+#[test]
+fn requests_beyond_the_inflight_budget_are_refused_and_the_budget_comes_back() {
+    let mut app = Appliance::start("max_inflight_mb = 1\nmax_message_bytes = 4194304\n");
+    app.update_from(&vendor().repo(), &["--model", "digits"]);
+    let certs = app.client("bulk");
+    app.grant("bulk", "*");
+    // 2 MiB of request is more than the whole budget: refused, not held.
+    let big = app.triton(
+        &certs,
+        &["raw", "digits", "input", "FP32", "8192,1,8,8", "2097152"],
+    );
+    assert_eq!(big["code"], "RESOURCE_EXHAUSTED", "{big}");
+    assert!(
+        big["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_inflight_mb"),
+        "{big}"
+    );
+    // 600 KiB fits, and once answered gives its share back: one after the
+    // other, none is refused (two at once would not fit).
+    for _ in 0..4 {
+        let fits = app.triton(
+            &certs,
+            &["raw", "digits", "input", "FP32", "2400,1,8,8", "614400"],
+        );
+        assert_eq!(fits["code"], "OK", "{fits}");
+    }
+    let (_, metrics) = app.metrics(&app.admin_certs());
+    assert!(
+        metrics.contains("appliance_requests_refused_inflight_total 1"),
+        "{metrics}"
+    );
+    // The refusal is in the audit log as the client saw it.
+    let out = app.dir.path().join("audit.jsonl");
+    app.provision_ok(&["audit", "export", "--out", out.to_str().unwrap()]);
+    let refused = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"ModelInfer\"") && l.contains("\"RESOURCE_EXHAUSTED\""))
+        .count();
+    assert_eq!(refused, 1);
 }
