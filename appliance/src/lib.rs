@@ -73,6 +73,11 @@ pub fn start(config: Config, store: Store) -> Result<(Arc<AppState>, AuditWriter
         0 => Pool::per_core(config.inference.queue),
         n => Pool::new(n, config.inference.queue),
     };
+    tracing::info!(
+        int8_kernels = inference::Int8Kernels::native().name(),
+        "int8 matrix products on this CPU: {}",
+        inference::Int8Kernels::native()
+    );
     let retention = config.audit_retention();
     if retention.archive.is_none() {
         tracing::warn!("audit.archive = false: records pruned by retention are dropped");

@@ -701,11 +701,12 @@ impl Updates {
         step(
             progress,
             format!(
-                "trial passed: {} golden case(s) within tolerance (max |diff| {:.2e}), slowest {:.1} ms, memory +{} MiB",
+                "trial passed: {} golden case(s) within tolerance (max |diff| {:.2e}), slowest {:.1} ms, memory +{} MiB{}",
                 report.cases,
                 report.max_abs_diff,
                 report.worst_latency.as_secs_f64() * 1e3,
-                grown.map_or("?".into(), |g| (g >> 20).to_string())
+                grown.map_or("?".into(), |g| (g >> 20).to_string()),
+                int8_note(&model)
             ),
         );
 
@@ -999,6 +1000,16 @@ fn check_manifest(
         ));
     }
     Ok(())
+}
+
+/// For an int8 model, which kernels run it here, said plainly when they are
+/// the slow ones.
+fn int8_note(model: &Model) -> String {
+    if model.is_int8() {
+        format!("; int8 on {}", inference::Int8Kernels::native())
+    } else {
+        String::new()
+    }
 }
 
 /// Loads a slot's model and golden vectors from the store.

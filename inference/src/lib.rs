@@ -11,6 +11,7 @@
 //! It is synchronous; the server runs it on the [`Pool`].
 #![forbid(unsafe_code)]
 
+mod cpu;
 mod datatype;
 mod error;
 mod model;
@@ -19,6 +20,7 @@ mod registry;
 mod tensor;
 mod text;
 
+pub use cpu::Int8Kernels;
 pub use datatype::DataType;
 pub use error::{Error, Result};
 pub use model::{Dim, Limits, Model, ModelSource, OpTime, Prepared, TensorSpec};

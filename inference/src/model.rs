@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+use crate::cpu::Int8Kernels;
 use crate::datatype::DataType;
 use crate::error::{Error, Result, execution};
 use crate::tensor::{InputTensor, OutputTensor, to_engine_tensor, to_output_tensor, wipe_values};
@@ -103,6 +104,8 @@ pub struct Model {
     text: Option<TextFrontEnd>,
     limits: Limits,
     cost: CostModel,
+    /// Whether the graph multiplies integer matrices (int8 kernels).
+    int8: bool,
 }
 
 impl fmt::Debug for Model {
@@ -134,6 +137,7 @@ impl Model {
             .as_ref()
             .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
         check_graph(&onnx, graph)?;
+        let int8 = multiplies_integers(graph);
         let (graph_inputs, outputs) = graph_signature(graph)?;
         if let Some(spec) = graph_inputs
             .iter()
@@ -174,7 +178,27 @@ impl Model {
             text,
             limits,
             cost: CostModel::default(),
+            int8,
         })
+        .inspect(|m| {
+            let kernels = Int8Kernels::native();
+            if m.int8 && !kernels.is_fast() {
+                tracing::warn!(
+                    model = name,
+                    version,
+                    kernels = kernels.name(),
+                    "int8 model on a CPU without VNNI, AMX or dot-product instructions: its \
+                     matrix products run on tract's slow path, often slower than the float model"
+                );
+            }
+        })
+    }
+
+    /// Whether the model multiplies integer matrices (`MatMulInteger`,
+    /// `ConvInteger`, `QLinearMatMul`, `QLinearConv`), and so runs on
+    /// [`Int8Kernels::native`].
+    pub fn is_int8(&self) -> bool {
+        self.int8
     }
 
     /// The model's name.
@@ -396,6 +420,20 @@ pub(crate) fn names(specs: &[TensorSpec]) -> String {
 
 /// ONNX's `TensorProto.DataLocation.EXTERNAL`.
 const EXTERNAL_DATA: i32 = 1;
+
+/// Whether any node (in any subgraph) is an integer matrix product.
+fn multiplies_integers(graph: &pb::GraphProto) -> bool {
+    graph.node.iter().any(|node| {
+        matches!(
+            node.op_type.as_str(),
+            "MatMulInteger" | "ConvInteger" | "QLinearMatMul" | "QLinearConv"
+        ) || node
+            .attribute
+            .iter()
+            .flat_map(|a| a.g.iter().chain(&a.graphs))
+            .any(multiplies_integers)
+    })
+}
 
 /// Refuses what the engine must not run: operators it does not implement,
 /// operators from custom domains (tract matches operators by name only, so a

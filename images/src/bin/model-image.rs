@@ -18,7 +18,7 @@ use images::manifest::{
 use images::tuf::repo::{KeyDir, Lifetime, Lifetimes, Repo, RepoVersions};
 use images::vectors::VendorInputs;
 use indicatif::{ProgressBar, ProgressStyle};
-use inference::{DataType, Dim, InputTensor, Limits, Model, ModelSource};
+use inference::{DataType, Dim, InputTensor, Int8Kernels, Limits, Model, ModelSource};
 
 const REPO_HELP: &str = "\
 Repository layout (what appliances, python-tuf and tough read):
@@ -416,6 +416,14 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         report.worst_latency,
         grown.map_or("?".into(), |g| (g >> 20).to_string())
     );
+    if model.is_int8() {
+        // The figures above are this machine's: an appliance with other
+        // int8 instructions runs it at another speed.
+        println!(
+            "  int8 matrix products on this CPU: {}",
+            Int8Kernels::native()
+        );
+    }
     Ok(())
 }
 
@@ -515,6 +523,12 @@ fn check(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<()> {
         path.display(),
         started.elapsed()
     );
+    if model.is_int8() {
+        println!(
+            "  int8 matrix products on this CPU: {}",
+            Int8Kernels::native()
+        );
+    }
     for spec in model.inputs() {
         println!(
             "  input  {:<16} {:<6} {:?}",
