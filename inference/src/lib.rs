@@ -17,6 +17,7 @@ mod error;
 mod model;
 mod pool;
 mod registry;
+mod rewrite;
 mod tensor;
 mod text;
 

@@ -129,14 +129,16 @@ impl Model {
         limits: Limits,
     ) -> Result<Model> {
         let onnx = onnx();
-        let proto = onnx
+        let mut proto = onnx
             .proto_model_for_read(&mut Cursor::new(source.onnx))
             .map_err(|e| Error::InvalidModel(format!("not an ONNX model: {e}")))?;
         let graph = proto
             .graph
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
         check_graph(&onnx, graph)?;
+        crate::rewrite::drop_zero_weight_zero_points(graph);
+        let graph = &*graph;
         let int8 = multiplies_integers(graph);
         let (graph_inputs, outputs) = graph_signature(graph)?;
         if let Some(spec) = graph_inputs
