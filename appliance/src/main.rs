@@ -232,6 +232,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a SIGTERM that arrives once the address is
+        // announced must mean a graceful stop, not the default death.
+        let shutdown = shutdown_signal().context("installing the SIGTERM/SIGINT handlers")?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -239,7 +242,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%address, "listening (mTLS only)");
         // On stdout for scripts and tests that start the daemon on port 0.
         println!("listening on {address}");
-        appliance::run(state, listener, shutdown_signal()).await;
+        appliance::run(state, listener, shutdown).await;
         anyhow::Ok(())
     })?;
     // Work still running on the blocking pool (a request whose connection
@@ -249,19 +252,18 @@ fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future completes on
+/// the first of either.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 fn csr(

@@ -464,3 +464,15 @@ fn requests_beyond_the_inflight_budget_are_refused_and_the_budget_comes_back() {
         .count();
     assert_eq!(refused, 1);
 }
+
+#[test]
+fn a_sigterm_as_soon_as_the_address_is_announced_is_a_graceful_stop() {
+    // The handlers were installed only once serving began, after the
+    // address was printed: a supervisor's SIGTERM in between killed the
+    // daemon by signal (seen as a failed unit) instead of stopping it.
+    let mut app = Appliance::start("");
+    for _ in 0..5 {
+        app.stop(); // asserts a successful exit
+        app.launch();
+    }
+}
