@@ -235,7 +235,8 @@ struct Activity {
     since: std::sync::Mutex<std::time::Instant>,
     /// Each answer being sent, by id: since when it has waited for the
     /// client to take data (`None` while it waits for the server itself,
-    /// e.g. a health watch between changes).
+    /// e.g. a streaming answer between messages; today's RPCs all answer
+    /// at once, health Watch included).
     sending: std::sync::Mutex<HashMap<u64, Option<std::time::Instant>>>,
     next: std::sync::atomic::AtomicU64,
 }

@@ -27,6 +27,9 @@ Commands:
   status                     JSON {live, ready}: the values ServerLive and ServerReady return
   health SERVICE             grpc.health.v1 Check through grpcio (the request written by
                              hand), JSON {ok, code, message, status}
+  watch SECONDS              grpc.health.v1 Watch (all services) held for SECONDS, then
+                             cancelled by the client; JSON {messages, statuses, code} where
+                             code is how the stream ended (CANCELLED: by us)
   raw MODEL INPUT DATATYPE SHAPE NBYTES [--fill HEX]
                              one hand-built ModelInferRequest through the package's own
                              compiled protocol (service_pb2), JSON {ok, code, message}
@@ -349,6 +352,32 @@ def health(args):
         print(json.dumps({"ok": False, "code": e.code().name, "message": e.details(), "status": None}))
 
 
+def watch(args):
+    import threading
+
+    import grpc
+
+    certs = Path(args.certs)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.pem").read_bytes(),
+        private_key=(certs / "key.pem").read_bytes(),
+        certificate_chain=(certs / "cert.pem").read_bytes(),
+    )
+    channel = grpc.secure_channel(args.url, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    stream = channel.unary_stream("/grpc.health.v1.Health/Watch")(b"")
+    statuses = []
+    timer = threading.Timer(args.seconds, stream.cancel)
+    timer.start()
+    code = "OK"
+    try:
+        for reply in stream:
+            statuses.append(reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0)
+    except grpc.RpcError as e:
+        code = e.code().name
+    timer.cancel()
+    print(json.dumps({"messages": len(statuses), "statuses": statuses, "code": code}))
+
+
 def load(args):
     import threading
     import time
@@ -425,13 +454,15 @@ def main():
     sub.add_parser("probe")
     he = sub.add_parser("health")
     he.add_argument("service")
+    wa = sub.add_parser("watch")
+    wa.add_argument("seconds", type=float)
     lo = sub.add_parser("load")
     lo.add_argument("threads", type=int)
     i = sub.add_parser("idle")
     i.add_argument("count", type=int)
     i.add_argument("seconds", type=float)
     args = p.parse_args()
-    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load, "status": status, "health": health, "probe": probe}
+    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load, "status": status, "health": health, "probe": probe, "watch": watch}
     commands[args.command](args)
 
 

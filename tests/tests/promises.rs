@@ -476,3 +476,25 @@ fn a_sigterm_as_soon_as_the_address_is_announced_is_a_graceful_stop() {
         app.launch();
     }
 }
+
+#[test]
+fn a_health_watch_answers_once_and_ends_and_is_never_cut() {
+    // health.rs: Watch answers once with the current status and ends (a
+    // watcher re-asks); a client reading it is never taken for a stalled
+    // reader.
+    let mut app = Appliance::start("stall_timeout_s = 1\n");
+    let certs = app.client("watcher");
+    app.grant("watcher", "*");
+    let report = app.triton(&certs, &["watch", "4"]);
+    assert_eq!(report["code"], "OK", "{report}");
+    assert_eq!(
+        report["statuses"],
+        serde_json::json!([1]),
+        "one SERVING: {report}"
+    );
+    assert!(
+        !app.log_text().contains("connection cut"),
+        "{}",
+        app.log_text()
+    );
+}
