@@ -32,19 +32,7 @@ fn main() {
     app.load_reference_models();
     let certs = app.client("bench-app");
     // Limits out of the way: this measures the service, not the limiter.
-    app.provision_ok(&[
-        "grant",
-        "--client",
-        "bench-app",
-        "--models",
-        "*",
-        "--rate",
-        "1000000/s",
-        "--burst",
-        "1000000",
-        "--quota",
-        "unlimited",
-    ]);
+    app.grant_unlimited("bench-app");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -40,31 +40,20 @@ fn main() {
     let retain = std::env::var("BENCH_SOAK_RETAIN_RECORDS").ok();
     if cache.is_some() || retain.is_some() {
         app.stop();
-        let mut config = std::fs::read_to_string(&app.config).unwrap();
-        if let Some(mb) = cache {
-            config = config.replace("[keystore]\n", &format!("[keystore]\ncache_mb = {mb}\n"));
-        }
-        if let Some(n) = retain {
-            config.push_str(&format!("[audit]\nretain_records = {n}\n"));
-        }
-        std::fs::write(&app.config, config).unwrap();
+        app.edit_config(|mut config| {
+            if let Some(mb) = cache {
+                config = config.replace("[keystore]\n", &format!("[keystore]\ncache_mb = {mb}\n"));
+            }
+            if let Some(n) = retain {
+                config.push_str(&format!("[audit]\nretain_records = {n}\n"));
+            }
+            config
+        });
         app.launch();
     }
     app.load_reference_models();
     let certs = app.client("soak");
-    app.provision_ok(&[
-        "grant",
-        "--client",
-        "soak",
-        "--models",
-        "*",
-        "--rate",
-        "1000000/s",
-        "--burst",
-        "1000000",
-        "--quota",
-        "unlimited",
-    ]);
+    app.grant_unlimited("soak");
     let models = test_support::models_dir();
     let model_mb: f64 = [
         "digits_cnn_qoperator.onnx",

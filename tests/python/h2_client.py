@@ -198,6 +198,14 @@ def raw_connect(args):
     return tls
 
 
+def raw_open(args):
+    """A raw connection and its watcher, after the server's first frames."""
+    tls = raw_connect(args)
+    watch = Watch(tls)
+    watch.wait(0.2)
+    return tls, watch
+
+
 def send(tls, watch, data):
     """Writes all of `data`, reading meanwhile so the server never blocks on us."""
     view = memoryview(data)
@@ -223,9 +231,7 @@ def flood(args):
     import hpack
     import hyperframe.frame as hf
 
-    tls = raw_connect(args)
-    watch = Watch(tls)
-    watch.wait(0.2)
+    tls, watch = raw_open(args)
     encoder = hpack.Encoder()
     started = time.monotonic()
     sent = 0
@@ -272,9 +278,7 @@ def bomb(args):
 
     import hpack
 
-    tls = raw_connect(args)
-    watch = Watch(tls)
-    watch.wait(0.2)
+    tls, watch = raw_open(args)
     block = hpack.Encoder().encode(GRPC_HEADERS)
     # Literal with incremental indexing, new name: 0x40, name, value (7-bit
     # prefixed lengths, no Huffman); then the new entry (index 62) by index.
@@ -310,9 +314,7 @@ def streams(args):
     import hpack
     import hyperframe.frame as hf
 
-    tls = raw_connect(args)
-    watch = Watch(tls)
-    watch.wait(0.2)
+    tls, watch = raw_open(args)
     encoder = hpack.Encoder()
     started = time.monotonic()
     for i in range(args.count):

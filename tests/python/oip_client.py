@@ -329,7 +329,8 @@ def status(args):
     print(json.dumps({"live": c.is_server_live(), "ready": c.is_server_ready()}))
 
 
-def health(args):
+def grpc_channel(args):
+    """A raw grpcio channel over mutual TLS, for calls tritonclient does not make."""
     import grpc
 
     certs = Path(args.certs)
@@ -338,7 +339,13 @@ def health(args):
         private_key=(certs / "key.pem").read_bytes(),
         certificate_chain=(certs / "cert.pem").read_bytes(),
     )
-    channel = grpc.secure_channel(args.url, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    return grpc.secure_channel(args.url, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+
+
+def health(args):
+    import grpc
+
+    channel = grpc_channel(args)
     check = channel.unary_unary("/grpc.health.v1.Health/Check")
     name = args.service.encode()
     request = (b"\x0a" + bytes([len(name)]) + name) if name else b""
@@ -357,13 +364,7 @@ def watch(args):
 
     import grpc
 
-    certs = Path(args.certs)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=(certs / "ca.pem").read_bytes(),
-        private_key=(certs / "key.pem").read_bytes(),
-        certificate_chain=(certs / "cert.pem").read_bytes(),
-    )
-    channel = grpc.secure_channel(args.url, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    channel = grpc_channel(args)
     stream = channel.unary_stream("/grpc.health.v1.Health/Watch")(b"")
     statuses = []
     timer = threading.Timer(args.seconds, stream.cancel)

@@ -370,6 +370,30 @@ impl Appliance {
         ]);
     }
 
+    /// Grants `client` every model with no practical rate limit, for load
+    /// tests and benchmarks.
+    pub fn grant_unlimited(&self, client: &str) {
+        self.provision_ok(&[
+            "grant",
+            "--client",
+            client,
+            "--models",
+            "*",
+            "--rate",
+            "1000000/s",
+            "--burst",
+            "1000000",
+            "--quota",
+            "unlimited",
+        ]);
+    }
+
+    /// Rewrites the configuration file (the daemon reads it when launched).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(config)).unwrap();
+    }
+
     /// Runs the stock-client script as the client of bundle `certs`; returns
     /// its JSON output.
     pub fn triton(&self, certs: &Path, args: &[&str]) -> serde_json::Value {

@@ -268,12 +268,7 @@ fn a_filling_disk_refuses_calls_before_the_store_fails_and_loses_nothing() {
     app.stop();
     // Relaunch with the data directory on a small tmpfs of its own mount
     // namespace (so the test can fill that disk), keeping 16 MiB in reserve.
-    let config = std::fs::read_to_string(&app.config).unwrap();
-    std::fs::write(
-        &app.config,
-        config.replace("[keystore]\n", "[keystore]\nmin_free_mb = 16\n"),
-    )
-    .unwrap();
+    app.edit_config(|c| c.replace("[keystore]\n", "[keystore]\nmin_free_mb = 16\n"));
     let data = app.dir.path().join("data");
     let data = data.to_str().unwrap();
     let script = format!(
@@ -378,26 +373,12 @@ fn a_ten_second_soak_fails_nothing_and_holds_its_memory() {
     // bounds: the memory they take grows up to them by design (about 75
     // bytes a kept record), and the test is about what comes after.
     app.stop();
-    let config = std::fs::read_to_string(&app.config).unwrap();
-    std::fs::write(
-        &app.config,
-        config.replace("[keystore]\n", "[keystore]\ncache_mb = 4\n")
-            + "[audit]\nretain_records = 5000\n",
-    )
-    .unwrap();
+    app.edit_config(|c| {
+        c.replace("[keystore]\n", "[keystore]\ncache_mb = 4\n") + "[audit]\nretain_records = 5000\n"
+    });
     app.launch();
     let certs = app.client("soak");
-    app.provision_ok(&[
-        "grant",
-        "--client",
-        "soak",
-        "--models",
-        "*",
-        "--rate",
-        "1000000/s",
-        "--quota",
-        "unlimited",
-    ]);
+    app.grant_unlimited("soak");
     let mut load = app.triton_process(&certs, &["load", "50"]);
     let mut out = BufReader::new(load.stdout.take().unwrap());
     let mut line = String::new();
