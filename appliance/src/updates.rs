@@ -1003,13 +1003,19 @@ fn check_manifest(
 }
 
 /// For an int8 model, which kernels run it here, said plainly when they are
-/// the slow ones.
+/// the slow ones, and how many of its products run as exact float ones.
 fn int8_note(model: &Model) -> String {
-    if model.is_int8() {
-        format!("; int8 on {}", inference::Int8Kernels::native())
-    } else {
-        String::new()
+    let mut note = String::new();
+    if model.int8_as_float() > 0 {
+        note.push_str(&format!(
+            "; {} int8 matrix products run as exact f32 (no fast int8 kernels here)",
+            model.int8_as_float()
+        ));
     }
+    if model.is_int8() {
+        note.push_str(&format!("; int8 on {}", inference::Int8Kernels::native()));
+    }
+    note
 }
 
 /// Loads a slot's model and golden vectors from the store.

@@ -106,6 +106,8 @@ pub struct Model {
     cost: CostModel,
     /// Whether the graph multiplies integer matrices (int8 kernels).
     int8: bool,
+    /// Integer matrix products rewritten to exact float ones at load.
+    int8_as_float: usize,
 }
 
 impl fmt::Debug for Model {
@@ -138,6 +140,12 @@ impl Model {
             .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
         check_graph(&onnx, graph)?;
         crate::rewrite::drop_zero_weight_zero_points(graph);
+        let kernels = Int8Kernels::native();
+        let int8_as_float = if kernels.is_fast() {
+            0
+        } else {
+            crate::rewrite::integer_matmuls_as_float(graph)
+        };
         let graph = &*graph;
         let int8 = multiplies_integers(graph);
         let (graph_inputs, outputs) = graph_signature(graph)?;
@@ -181,9 +189,18 @@ impl Model {
             limits,
             cost: CostModel::default(),
             int8,
+            int8_as_float,
         })
         .inspect(|m| {
-            let kernels = Int8Kernels::native();
+            if m.int8_as_float > 0 {
+                tracing::info!(
+                    model = name,
+                    version,
+                    products = m.int8_as_float,
+                    "integer matrix products run as exact float products: this CPU's int8 \
+                     kernels are tract's slow path (the float weights take 4x the int8 bytes)"
+                );
+            }
             if m.int8 && !kernels.is_fast() {
                 tracing::warn!(
                     model = name,
@@ -198,9 +215,17 @@ impl Model {
 
     /// Whether the model multiplies integer matrices (`MatMulInteger`,
     /// `ConvInteger`, `QLinearMatMul`, `QLinearConv`), and so runs on
-    /// [`Int8Kernels::native`].
+    /// [`Int8Kernels::native`], after the load's rewrites.
     pub fn is_int8(&self) -> bool {
         self.int8
+    }
+
+    /// How many integer matrix products (`MatMulInteger` with constant
+    /// weights) were rewritten at load to exact float products, because
+    /// this CPU's int8 kernels are the slow ones. Their outputs are
+    /// bit-identical to the integer path's.
+    pub fn int8_as_float(&self) -> usize {
+        self.int8_as_float
     }
 
     /// The model's name.

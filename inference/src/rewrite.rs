@@ -2,7 +2,10 @@
 //! exact (outputs stay bit-identical) and applies to any model whose graph
 //! matches its pattern, never to a file by name.
 
+use std::collections::{HashMap, HashSet};
+
 use tract_onnx::pb;
+use tract_onnx::pb::tensor_proto::DataType as D;
 
 /// `MatMulInteger` and `ConvInteger` with a weight zero point that is an
 /// all-zero initializer lose that input: ONNX reads a missing zero point
@@ -10,7 +13,7 @@ use tract_onnx::pb;
 /// compute (onnxruntime's dynamic quantizer writes per-channel weight zero
 /// points as zeros). Returns how many nodes changed.
 pub(crate) fn drop_zero_weight_zero_points(graph: &mut pb::GraphProto) -> usize {
-    let zero: std::collections::HashSet<String> = graph
+    let zero: HashSet<String> = graph
         .initializer
         .iter()
         .filter(|t| is_all_zero_integer(t))
@@ -40,12 +43,266 @@ pub(crate) fn drop_zero_weight_zero_points(graph: &mut pb::GraphProto) -> usize 
 
 /// An int8 or uint8 initializer whose every element is zero.
 fn is_all_zero_integer(t: &pb::TensorProto) -> bool {
-    use pb::tensor_proto::DataType as D;
     let integer = t.data_type == D::Int8 as i32 || t.data_type == D::Uint8 as i32;
     integer
         && t.data_location != Some(1)
         && t.raw_data.iter().all(|b| *b == 0)
         && t.int32_data.iter().all(|v| *v == 0)
+}
+
+/// The largest magnitude below which every integer is an f32.
+const F32_EXACT: u64 = 1 << 24;
+
+/// On a CPU whose int8 kernels are tract's slow path (see `cpu.rs`),
+/// `MatMulInteger` with a constant 2-D weight becomes a float `MatMul` over
+/// the same integers: `(f32(a) - f32(a_zp)) · f32(b - b_zp)`, cast back to
+/// int32. Every product and partial sum is an integer, so the float result
+/// is exact, and the outputs bit-identical, as long as no partial sum can
+/// reach 2^24 in any order of summation: `255 · Σ_k |b[k,n] - b_zp[n]|`
+/// (255 bounds `|a - a_zp|` for uint8 and int8 alike) below 2^24 for every
+/// column n. A node past that bound keeps the integer path. The activation
+/// zero point must be a scalar (from `DynamicQuantizeLinear`, or a one-value
+/// initializer) so that subtracting it broadcasts as ONNX means. The float
+/// weights take four times the int8 bytes. Top-level graph only. Returns how
+/// many nodes changed.
+pub(crate) fn integer_matmuls_as_float(graph: &mut pb::GraphProto) -> usize {
+    let mut names: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().cloned())
+        .chain(graph.initializer.iter().map(|t| t.name.clone()))
+        .chain(graph.input.iter().map(|v| v.name.clone()))
+        .collect();
+    let scalar_zero_points: HashSet<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "DynamicQuantizeLinear" && n.output.len() == 3)
+        .map(|n| n.output[2].clone())
+        .chain(
+            graph
+                .initializer
+                .iter()
+                .filter(|t| t.dims.iter().product::<i64>() <= 1)
+                .map(|t| t.name.clone()),
+        )
+        .collect();
+    let graph_inputs: HashSet<String> = graph.input.iter().map(|v| v.name.clone()).collect();
+    let mut weights: HashMap<(String, String), Option<String>> = HashMap::new();
+    let mut new_initializers = Vec::new();
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut changed = 0;
+    for node in std::mem::take(&mut graph.node) {
+        let plan = (node.op_type == "MatMulInteger" && node.domain.is_empty())
+            .then(|| FloatMatMul::plan(&node, &scalar_zero_points, &graph_inputs))
+            .flatten();
+        let Some(plan) = plan else {
+            nodes.push(node);
+            continue;
+        };
+        let key = (plan.b.clone(), plan.b_zp.clone().unwrap_or_default());
+        let weight = weights
+            .entry(key)
+            .or_insert_with(|| {
+                let tensor = float_weight(&graph.initializer, &plan)?;
+                let name = unused(&mut names, &format!("{}::f32", plan.b));
+                new_initializers.push(pb::TensorProto {
+                    name: name.clone(),
+                    ..tensor
+                });
+                Some(name)
+            })
+            .clone();
+        let Some(weight) = weight else {
+            nodes.push(node);
+            continue;
+        };
+        nodes.extend(plan.nodes(&weight, &mut names));
+        changed += 1;
+    }
+    graph.node = nodes;
+    graph.initializer.extend(new_initializers);
+    // Integer weights nothing reads any more would be loaded for nothing.
+    let read: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(graph.output.iter().map(|o| o.name.as_str()))
+        .collect::<HashSet<_>>();
+    let replaced: HashSet<&str> = weights
+        .keys()
+        .flat_map(|(b, zp)| [b.as_str(), zp.as_str()])
+        .collect();
+    let unread: HashSet<String> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| replaced.contains(n) && !read.contains(n))
+        .map(str::to_owned)
+        .collect();
+    graph.initializer.retain(|t| !unread.contains(&t.name));
+    changed
+}
+
+/// One `MatMulInteger` node to run in float.
+struct FloatMatMul {
+    a: String,
+    b: String,
+    a_zp: Option<String>,
+    b_zp: Option<String>,
+    y: String,
+}
+
+impl FloatMatMul {
+    fn plan(
+        node: &pb::NodeProto,
+        scalar_zero_points: &HashSet<String>,
+        graph_inputs: &HashSet<String>,
+    ) -> Option<FloatMatMul> {
+        let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty()).cloned();
+        let a_zp = input(2);
+        if a_zp
+            .as_ref()
+            .is_some_and(|z| !scalar_zero_points.contains(z))
+        {
+            return None;
+        }
+        let b = input(1)?;
+        // A weight a request may feed (an initializer listed as a graph
+        // input, as older files do) is not a constant.
+        if graph_inputs.contains(&b) {
+            return None;
+        }
+        Some(FloatMatMul {
+            a: input(0)?,
+            b,
+            a_zp,
+            b_zp: input(3),
+            y: node.output.first()?.clone(),
+        })
+    }
+
+    /// Cast A (minus its zero point), MatMul with the float weight, cast to
+    /// int32 under the original output name.
+    fn nodes(&self, weight: &str, names: &mut HashSet<String>) -> Vec<pb::NodeProto> {
+        let mut out = Vec::new();
+        let a = unused(names, &format!("{}::a_f32", self.y));
+        out.push(node("Cast", &[&self.a], &a, Some(D::Float)));
+        let mut centered = a;
+        if let Some(zp) = &self.a_zp {
+            let zp_f32 = unused(names, &format!("{}::a_zp_f32", self.y));
+            out.push(node("Cast", &[zp], &zp_f32, Some(D::Float)));
+            let c = unused(names, &format!("{}::a_centered", self.y));
+            out.push(node("Sub", &[&centered, &zp_f32], &c, None));
+            centered = c;
+        }
+        let y = unused(names, &format!("{}::y_f32", self.y));
+        out.push(node("MatMul", &[&centered, weight], &y, None));
+        out.push(node("Cast", &[&y], &self.y, Some(D::Int32)));
+        out
+    }
+}
+
+/// `b - b_zp` as an f32 initializer, if B is a constant 2-D int8/uint8
+/// matrix, the zero point is a scalar or one per column, and the product
+/// stays exact in f32.
+fn float_weight(initializers: &[pb::TensorProto], plan: &FloatMatMul) -> Option<pb::TensorProto> {
+    let find = |name: &str| initializers.iter().find(|t| t.name == name);
+    let b = find(&plan.b)?;
+    let [k, n] = <[i64; 2]>::try_from(b.dims.as_slice()).ok()?;
+    let (k, n) = (usize::try_from(k).ok()?, usize::try_from(n).ok()?);
+    let values = integer_values(b)?;
+    (values.len() == k.checked_mul(n)?).then_some(())?;
+    let zero_points = match &plan.b_zp {
+        None => vec![0; n],
+        Some(name) => {
+            let zp = integer_values(find(name)?)?;
+            match zp.len() {
+                1 => vec![zp[0]; n],
+                len if len == n => zp,
+                _ => return None,
+            }
+        }
+    };
+    let centered: Vec<i64> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v - zero_points[i % n])
+        .collect();
+    let widest_column = (0..n)
+        .map(|c| {
+            (0..k)
+                .map(|r| centered[r * n + c].unsigned_abs())
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0);
+    if 255 * widest_column >= F32_EXACT {
+        return None;
+    }
+    Some(pb::TensorProto {
+        data_type: D::Float as i32,
+        dims: b.dims.clone(),
+        raw_data: centered
+            .iter()
+            .flat_map(|v| (*v as f32).to_le_bytes())
+            .collect(),
+        ..Default::default()
+    })
+}
+
+/// The values of an int8 or uint8 initializer stored in the file.
+fn integer_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    if t.data_location == Some(1) {
+        return None;
+    }
+    let signed = if t.data_type == D::Int8 as i32 {
+        true
+    } else if t.data_type == D::Uint8 as i32 {
+        false
+    } else {
+        return None;
+    };
+    if !t.raw_data.is_empty() {
+        Some(
+            t.raw_data
+                .iter()
+                .map(|b| if signed { *b as i8 as i64 } else { *b as i64 })
+                .collect(),
+        )
+    } else {
+        Some(t.int32_data.iter().map(|v| *v as i64).collect())
+    }
+}
+
+/// `wanted`, or `wanted` with a suffix, that no value of the graph has yet.
+fn unused(names: &mut HashSet<String>, wanted: &str) -> String {
+    let mut name = wanted.to_owned();
+    let mut i = 0;
+    while names.contains(&name) {
+        i += 1;
+        name = format!("{wanted}.{i}");
+    }
+    names.insert(name.clone());
+    name
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, to: Option<D>) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: output.into(),
+        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+        output: vec![output.into()],
+        attribute: to
+            .map(|to| pb::AttributeProto {
+                name: "to".into(),
+                r#type: pb::attribute_proto::AttributeType::Int as i32,
+                i: to as i64,
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +418,156 @@ mod tests {
         let graph = proto.graph.as_mut().unwrap();
         assert_eq!(drop_zero_weight_zero_points(graph), 0);
         assert_eq!(graph.node[0].input.len(), 4);
+    }
+
+    /// y = MatMulInteger(DynamicQuantizeLinear(x), w [k,n], its zero point,
+    /// w_zp), x float [3,k]: the pattern onnxruntime's dynamic quantizer
+    /// writes.
+    fn dynamic_model(k: usize, n: usize, w: &[i8], w_zp: &[i8]) -> pb::ModelProto {
+        let nodes = vec![
+            pb::NodeProto {
+                op_type: "DynamicQuantizeLinear".into(),
+                input: vec!["x".into()],
+                output: vec!["xq".into(), "xs".into(), "xz".into()],
+                ..Default::default()
+            },
+            pb::NodeProto {
+                op_type: "MatMulInteger".into(),
+                input: vec!["xq".into(), "w".into(), "xz".into(), "w_zp".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            },
+        ];
+        let (k, n) = (k as i64, n as i64);
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(pb::GraphProto {
+                name: "g".into(),
+                node: nodes,
+                initializer: vec![
+                    initializer(
+                        "w",
+                        D::Int8,
+                        &[k, n],
+                        &w.iter().map(|v| *v as u8).collect::<Vec<_>>(),
+                    ),
+                    initializer(
+                        "w_zp",
+                        D::Int8,
+                        &[w_zp.len() as i64],
+                        &w_zp.iter().map(|v| *v as u8).collect::<Vec<_>>(),
+                    ),
+                ],
+                input: vec![value("x", D::Float, &[3, k])],
+                output: vec![value("y", D::Int32, &[3, n])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A deterministic spread of values (no rand dependency needed).
+    fn spread(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect()
+    }
+
+    fn run_float(proto: &pb::ModelProto, k: usize, x: &[f32]) -> Vec<i32> {
+        let plan = onnx()
+            .model_for_proto_model(proto)
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let x = tract_ndarray::Array2::<f32>::from_shape_vec((3, k), x.to_vec()).unwrap();
+        let out = plan.run(tvec!(Tensor::from(x).into())).unwrap();
+        out[0]
+            .as_plain_ram()
+            .unwrap()
+            .as_slice::<i32>()
+            .unwrap()
+            .to_vec()
+    }
+
+    fn weights(len: usize, seed: u64) -> Vec<i8> {
+        spread(len, seed, 127.0).iter().map(|v| *v as i8).collect()
+    }
+
+    #[test]
+    fn an_integer_matmul_runs_in_float_with_bit_identical_outputs() {
+        let (k, n) = (96, 10);
+        let w = weights(k * n, 7);
+        let w_zp: Vec<i8> = (0..n as i8).map(|i| i - 5).collect();
+        let original = dynamic_model(k, n, &w, &w_zp);
+        let mut rewritten = original.clone();
+        let graph = rewritten.graph.as_mut().unwrap();
+        assert_eq!(integer_matmuls_as_float(graph), 1);
+        assert!(graph.node.iter().all(|n| n.op_type != "MatMulInteger"));
+        assert!(
+            graph
+                .initializer
+                .iter()
+                .all(|t| t.name != "w" && t.name != "w_zp"),
+            "the integer weights are no longer read and should be gone"
+        );
+        let mut widest = 0;
+        for seed in 0..20 {
+            let x = spread(3 * k, seed, 1.0 + seed as f32);
+            let expected = run_float(&original, k, &x);
+            assert_eq!(run_float(&rewritten, k, &x), expected, "seed {seed}");
+            widest = expected.iter().map(|v| v.abs()).max().unwrap().max(widest);
+        }
+        // Sums beyond what 16 bits hold: the float path carries them exactly.
+        assert!(widest > 1 << 16, "{widest}");
+        // A scalar activation zero point from an initializer works too.
+        let original = model([0, 1]);
+        let mut rewritten = original.clone();
+        assert_eq!(
+            integer_matmuls_as_float(rewritten.graph.as_mut().unwrap()),
+            1
+        );
+        assert_eq!(run(&rewritten), run(&original));
+    }
+
+    #[test]
+    fn a_product_that_could_leave_f32s_exact_range_keeps_the_integer_path() {
+        // 255 · 600 · 127 > 2^24: a partial sum could round in f32.
+        let (k, n) = (600, 2);
+        let mut proto = dynamic_model(k, n, &vec![127; k * n], &[0]);
+        assert_eq!(integer_matmuls_as_float(proto.graph.as_mut().unwrap()), 0);
+        // Just below the bound it is exact, and rewritten.
+        let k = 500;
+        let mut proto = dynamic_model(k, n, &vec![-127; k * n], &[0]);
+        assert_eq!(integer_matmuls_as_float(proto.graph.as_mut().unwrap()), 1);
+    }
+
+    #[test]
+    fn what_the_rewrite_cannot_express_exactly_is_left_alone() {
+        // A per-row activation zero point would broadcast along the wrong axis.
+        let mut proto = model([0, 0]);
+        let graph = proto.graph.as_mut().unwrap();
+        graph.initializer[1].dims = vec![2];
+        graph.initializer[1].raw_data = vec![3, 4];
+        assert_eq!(integer_matmuls_as_float(graph), 0);
+        // A weight a request could feed is not a constant.
+        let mut proto = model([0, 0]);
+        let graph = proto.graph.as_mut().unwrap();
+        graph.input.push(value("b", D::Int8, &[3, 2]));
+        assert_eq!(integer_matmuls_as_float(graph), 0);
+        // A weight zero point of the wrong length.
+        let mut proto = dynamic_model(4, 2, &[1; 8], &[0, 0, 0]);
+        assert_eq!(integer_matmuls_as_float(proto.graph.as_mut().unwrap()), 0);
     }
 }

@@ -416,15 +416,28 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         report.worst_latency,
         grown.map_or("?".into(), |g| (g >> 20).to_string())
     );
+    // The figures above are this machine's: an appliance with other int8
+    // instructions runs it at another speed.
+    print_int8(&model);
+    Ok(())
+}
+
+/// Which int8 kernels run the model here, and what the load rewrote
+/// because they are slow.
+fn print_int8(model: &Model) {
+    if model.int8_as_float() > 0 {
+        println!(
+            "  {} int8 matrix products run as exact f32 products (bit-identical; this CPU's \
+             int8 kernels are the slow ones)",
+            model.int8_as_float()
+        );
+    }
     if model.is_int8() {
-        // The figures above are this machine's: an appliance with other
-        // int8 instructions runs it at another speed.
         println!(
             "  int8 matrix products on this CPU: {}",
             Int8Kernels::native()
         );
     }
-    Ok(())
 }
 
 fn inspect(path: &Path) -> anyhow::Result<()> {
@@ -523,12 +536,7 @@ fn check(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<()> {
         path.display(),
         started.elapsed()
     );
-    if model.is_int8() {
-        println!(
-            "  int8 matrix products on this CPU: {}",
-            Int8Kernels::native()
-        );
-    }
+    print_int8(&model);
     for spec in model.inputs() {
         println!(
             "  input  {:<16} {:<6} {:?}",
