@@ -16,6 +16,7 @@ mod datatype;
 mod error;
 mod model;
 mod pool;
+mod quantize;
 mod registry;
 mod rewrite;
 mod tensor;

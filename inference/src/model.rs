@@ -144,7 +144,7 @@ impl Model {
         let int8_as_float = if kernels.is_fast() {
             0
         } else {
-            crate::rewrite::integer_matmuls_as_float(graph)
+            crate::rewrite::integer_products_as_float(graph)
         };
         let graph = &*graph;
         let int8 = multiplies_integers(graph);
@@ -167,6 +167,10 @@ impl Model {
         drop(proto);
         let plan = model
             .into_typed()
+            .map(|mut m| {
+                crate::quantize::swap_in(&mut m);
+                m
+            })
             .and_then(|m| m.into_optimized())
             .and_then(|m| m.into_runnable())
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
@@ -220,8 +224,8 @@ impl Model {
         self.int8
     }
 
-    /// How many integer matrix products (`MatMulInteger` with constant
-    /// weights) were rewritten at load to exact float products, because
+    /// How many integer matrix products (`MatMulInteger`, `ConvInteger`
+    /// with constant weights) were rewritten at load to exact float products, because
     /// this CPU's int8 kernels are the slow ones. Their outputs are
     /// bit-identical to the integer path's.
     pub fn int8_as_float(&self) -> usize {

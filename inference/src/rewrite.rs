@@ -56,16 +56,18 @@ const F32_EXACT: u64 = 1 << 24;
 /// On a CPU whose int8 kernels are tract's slow path (see `cpu.rs`),
 /// `MatMulInteger` with a constant 2-D weight becomes a float `MatMul` over
 /// the same integers: `(f32(a) - f32(a_zp)) · f32(b - b_zp)`, cast back to
-/// int32. Every product and partial sum is an integer, so the float result
-/// is exact, and the outputs bit-identical, as long as no partial sum can
-/// reach 2^24 in any order of summation: `255 · Σ_k |b[k,n] - b_zp[n]|`
-/// (255 bounds `|a - a_zp|` for uint8 and int8 alike) below 2^24 for every
-/// column n. A node past that bound keeps the integer path. The activation
-/// zero point must be a scalar (from `DynamicQuantizeLinear`, or a one-value
+/// int32; `ConvInteger` with a constant weight becomes `Conv` the same way
+/// (tract pads its integer input with `a_zp`, which is zero once centred).
+/// Every product and partial sum is an integer, so the float result is
+/// exact, and the outputs bit-identical, as long as no partial sum can reach
+/// 2^24 in any order of summation: 255 (which bounds `|a - a_zp|` for uint8
+/// and int8 alike) times the widest output's `Σ |b - b_zp|` below 2^24. A
+/// node past that bound keeps the integer path. The activation zero point
+/// must be a scalar (from `DynamicQuantizeLinear`, or a one-value
 /// initializer) so that subtracting it broadcasts as ONNX means. The float
 /// weights take four times the int8 bytes. Top-level graph only. Returns how
 /// many nodes changed.
-pub(crate) fn integer_matmuls_as_float(graph: &mut pb::GraphProto) -> usize {
+pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
     let mut names: HashSet<String> = graph
         .node
         .iter()
@@ -92,9 +94,7 @@ pub(crate) fn integer_matmuls_as_float(graph: &mut pb::GraphProto) -> usize {
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut changed = 0;
     for node in std::mem::take(&mut graph.node) {
-        let plan = (node.op_type == "MatMulInteger" && node.domain.is_empty())
-            .then(|| FloatMatMul::plan(&node, &scalar_zero_points, &graph_inputs))
-            .flatten();
+        let plan = FloatProduct::plan(&node, &scalar_zero_points, &graph_inputs);
         let Some(plan) = plan else {
             nodes.push(node);
             continue;
@@ -143,8 +143,11 @@ pub(crate) fn integer_matmuls_as_float(graph: &mut pb::GraphProto) -> usize {
     changed
 }
 
-/// One `MatMulInteger` node to run in float.
-struct FloatMatMul {
+/// One `MatMulInteger` or `ConvInteger` node to run in float.
+struct FloatProduct {
+    /// `Conv` (with the node's attributes) or `MatMul`.
+    conv: bool,
+    attributes: Vec<pb::AttributeProto>,
     a: String,
     b: String,
     a_zp: Option<String>,
@@ -152,12 +155,17 @@ struct FloatMatMul {
     y: String,
 }
 
-impl FloatMatMul {
+impl FloatProduct {
     fn plan(
         node: &pb::NodeProto,
         scalar_zero_points: &HashSet<String>,
         graph_inputs: &HashSet<String>,
-    ) -> Option<FloatMatMul> {
+    ) -> Option<FloatProduct> {
+        let conv = match (node.domain.as_str(), node.op_type.as_str()) {
+            ("", "MatMulInteger") => false,
+            ("", "ConvInteger") => true,
+            _ => return None,
+        };
         let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty()).cloned();
         let a_zp = input(2);
         if a_zp
@@ -172,7 +180,9 @@ impl FloatMatMul {
         if graph_inputs.contains(&b) {
             return None;
         }
-        Some(FloatMatMul {
+        Some(FloatProduct {
+            conv,
+            attributes: node.attribute.clone(),
             a: input(0)?,
             b,
             a_zp,
@@ -181,8 +191,8 @@ impl FloatMatMul {
         })
     }
 
-    /// Cast A (minus its zero point), MatMul with the float weight, cast to
-    /// int32 under the original output name.
+    /// Cast A (minus its zero point), MatMul or Conv with the float weight,
+    /// cast to int32 under the original output name.
     fn nodes(&self, weight: &str, names: &mut HashSet<String>) -> Vec<pb::NodeProto> {
         let mut out = Vec::new();
         let a = unused(names, &format!("{}::a_f32", self.y));
@@ -196,22 +206,45 @@ impl FloatMatMul {
             centered = c;
         }
         let y = unused(names, &format!("{}::y_f32", self.y));
-        out.push(node("MatMul", &[&centered, weight], &y, None));
+        if self.conv {
+            let mut conv = node("Conv", &[&centered, weight], &y, None);
+            conv.attribute = self.attributes.clone();
+            out.push(conv);
+        } else {
+            out.push(node("MatMul", &[&centered, weight], &y, None));
+        }
         out.push(node("Cast", &[&y], &self.y, Some(D::Int32)));
         out
     }
 }
 
-/// `b - b_zp` as an f32 initializer, if B is a constant 2-D int8/uint8
-/// matrix, the zero point is a scalar or one per column, and the product
-/// stays exact in f32.
-fn float_weight(initializers: &[pb::TensorProto], plan: &FloatMatMul) -> Option<pb::TensorProto> {
+/// Element index of output `o`'s `r`-th term, given outputs and terms per
+/// output.
+type WeightIndex = fn(usize, usize, usize, usize) -> usize;
+
+/// `b - b_zp` as an f32 initializer, if B is a constant int8/uint8 tensor
+/// (a 2-D matrix, or a convolution kernel `[outputs, inputs/group, ...]`),
+/// the zero point is a scalar or one per output, and the product stays
+/// exact in f32.
+fn float_weight(initializers: &[pb::TensorProto], plan: &FloatProduct) -> Option<pb::TensorProto> {
     let find = |name: &str| initializers.iter().find(|t| t.name == name);
     let b = find(&plan.b)?;
-    let [k, n] = <[i64; 2]>::try_from(b.dims.as_slice()).ok()?;
-    let (k, n) = (usize::try_from(k).ok()?, usize::try_from(n).ok()?);
+    let dims: Vec<usize> = b
+        .dims
+        .iter()
+        .map(|d| usize::try_from(*d).ok())
+        .collect::<Option<_>>()?;
+    // Outputs, and the element index of output `o`'s `r`-th term.
+    let (n, per_output, index): (usize, usize, WeightIndex) = match (plan.conv, dims.as_slice()) {
+        (false, [k, n]) => (*n, *k, |o, r, n, _| r * n + o),
+        (true, [m, rest @ ..]) if !rest.is_empty() => {
+            let per = rest.iter().try_fold(1usize, |a, d| a.checked_mul(*d))?;
+            (*m, per, |o, r, _, per| o * per + r)
+        }
+        _ => return None,
+    };
     let values = integer_values(b)?;
-    (values.len() == k.checked_mul(n)?).then_some(())?;
+    (values.len() == n.checked_mul(per_output)?).then_some(())?;
     let zero_points = match &plan.b_zp {
         None => vec![0; n],
         Some(name) => {
@@ -223,15 +256,16 @@ fn float_weight(initializers: &[pb::TensorProto], plan: &FloatMatMul) -> Option<
             }
         }
     };
-    let centered: Vec<i64> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| v - zero_points[i % n])
-        .collect();
+    let mut centered = values;
+    for o in 0..n {
+        for r in 0..per_output {
+            centered[index(o, r, n, per_output)] -= zero_points[o];
+        }
+    }
     let widest_column = (0..n)
-        .map(|c| {
-            (0..k)
-                .map(|r| centered[r * n + c].unsigned_abs())
+        .map(|o| {
+            (0..per_output)
+                .map(|r| centered[index(o, r, n, per_output)].unsigned_abs())
                 .sum::<u64>()
         })
         .max()
@@ -306,12 +340,12 @@ fn node(op: &str, inputs: &[&str], output: &str, to: Option<D>) -> pb::NodeProto
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use pb::tensor_proto::DataType as D;
     use tract_onnx::prelude::*;
 
-    fn value(name: &str, elem: D, dims: &[i64]) -> pb::ValueInfoProto {
+    pub(crate) fn value(name: &str, elem: D, dims: &[i64]) -> pb::ValueInfoProto {
         use pb::tensor_shape_proto::{Dimension, dimension::Value as V};
         pb::ValueInfoProto {
             name: name.into(),
@@ -513,7 +547,7 @@ mod tests {
         let original = dynamic_model(k, n, &w, &w_zp);
         let mut rewritten = original.clone();
         let graph = rewritten.graph.as_mut().unwrap();
-        assert_eq!(integer_matmuls_as_float(graph), 1);
+        assert_eq!(integer_products_as_float(graph), 1);
         assert!(graph.node.iter().all(|n| n.op_type != "MatMulInteger"));
         assert!(
             graph
@@ -535,7 +569,7 @@ mod tests {
         let original = model([0, 1]);
         let mut rewritten = original.clone();
         assert_eq!(
-            integer_matmuls_as_float(rewritten.graph.as_mut().unwrap()),
+            integer_products_as_float(rewritten.graph.as_mut().unwrap()),
             1
         );
         assert_eq!(run(&rewritten), run(&original));
@@ -546,11 +580,11 @@ mod tests {
         // 255 · 600 · 127 > 2^24: a partial sum could round in f32.
         let (k, n) = (600, 2);
         let mut proto = dynamic_model(k, n, &vec![127; k * n], &[0]);
-        assert_eq!(integer_matmuls_as_float(proto.graph.as_mut().unwrap()), 0);
+        assert_eq!(integer_products_as_float(proto.graph.as_mut().unwrap()), 0);
         // Just below the bound it is exact, and rewritten.
         let k = 500;
         let mut proto = dynamic_model(k, n, &vec![-127; k * n], &[0]);
-        assert_eq!(integer_matmuls_as_float(proto.graph.as_mut().unwrap()), 1);
+        assert_eq!(integer_products_as_float(proto.graph.as_mut().unwrap()), 1);
     }
 
     #[test]
@@ -560,14 +594,73 @@ mod tests {
         let graph = proto.graph.as_mut().unwrap();
         graph.initializer[1].dims = vec![2];
         graph.initializer[1].raw_data = vec![3, 4];
-        assert_eq!(integer_matmuls_as_float(graph), 0);
+        assert_eq!(integer_products_as_float(graph), 0);
         // A weight a request could feed is not a constant.
         let mut proto = model([0, 0]);
         let graph = proto.graph.as_mut().unwrap();
         graph.input.push(value("b", D::Int8, &[3, 2]));
-        assert_eq!(integer_matmuls_as_float(graph), 0);
+        assert_eq!(integer_products_as_float(graph), 0);
         // A weight zero point of the wrong length.
         let mut proto = dynamic_model(4, 2, &[1; 8], &[0, 0, 0]);
-        assert_eq!(integer_matmuls_as_float(proto.graph.as_mut().unwrap()), 0);
+        assert_eq!(integer_products_as_float(proto.graph.as_mut().unwrap()), 0);
+    }
+
+    #[test]
+    fn a_padded_integer_convolution_runs_in_float_with_bit_identical_outputs() {
+        // x [1,2,5,5] → DynamicQuantizeLinear → ConvInteger(w [3,2,3,3],
+        // per-output zero points, pads 1, stride 2) → y [1,3,3,3].
+        let w = weights(3 * 2 * 3 * 3, 11);
+        let ints = |name: &str, v: &[i64]| pb::AttributeProto {
+            name: name.into(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: v.to_vec(),
+            ..Default::default()
+        };
+        let mut original = dynamic_model(1, 1, &[0], &[0]);
+        let graph = original.graph.as_mut().unwrap();
+        graph.node[1].op_type = "ConvInteger".into();
+        graph.node[1].attribute = vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("pads", &[1, 1, 1, 1]),
+            ints("strides", &[2, 2]),
+        ];
+        let w_bytes: Vec<u8> = w.iter().map(|v| *v as u8).collect();
+        graph.initializer = vec![
+            initializer("w", D::Int8, &[3, 2, 3, 3], &w_bytes),
+            initializer("w_zp", D::Int8, &[3], &[2, 0, 253]),
+        ];
+        graph.input = vec![value("x", D::Float, &[1, 2, 5, 5])];
+        graph.output = vec![value("y", D::Int32, &[1, 3, 3, 3])];
+        let mut rewritten = original.clone();
+        let graph = rewritten.graph.as_mut().unwrap();
+        assert_eq!(integer_products_as_float(graph), 1);
+        assert!(graph.node.iter().any(|n| n.op_type == "Conv"));
+        assert!(graph.node.iter().all(|n| n.op_type != "ConvInteger"));
+        let run = |proto: &pb::ModelProto, x: &[f32]| -> Vec<i32> {
+            let plan = onnx()
+                .model_for_proto_model(proto)
+                .unwrap()
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap();
+            let x = tract_ndarray::Array4::<f32>::from_shape_vec((1, 2, 5, 5), x.to_vec()).unwrap();
+            let out = plan.run(tvec!(Tensor::from(x).into())).unwrap();
+            out[0]
+                .as_plain_ram()
+                .unwrap()
+                .as_slice::<i32>()
+                .unwrap()
+                .to_vec()
+        };
+        for seed in 0..20 {
+            // Positive-only inputs make the zero point 0; mixed ones do not,
+            // which is what padding must get right.
+            let mut x = spread(50, seed, 3.0);
+            if seed % 2 == 0 {
+                x.iter_mut().for_each(|v| *v = v.abs());
+            }
+            assert_eq!(run(&rewritten, &x), run(&original, &x), "seed {seed}");
+        }
     }
 }

@@ -1,0 +1,284 @@
+//! `DynamicQuantizeLinear` (float to uint8 with a scale and zero point
+//! computed from the tensor itself) in loops the compiler vectorises.
+//!
+//! tract's own operator makes two scalar passes and calls libm's
+//! `roundevenf` per element (12–15 ns per element here, the largest cost of
+//! a dynamically quantized MiniLM once its matrix products are fast). This
+//! one computes exactly the same three outputs, bit for bit, and is swapped
+//! in for tract's at load (the load matches tract's operator by name: its
+//! type is private).
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+/// The name tract gives its typed `DynamicQuantizeLinear`.
+pub(crate) const TRACT_OP: &str = "DynamicQuantizeLinearU8";
+
+/// Replaces every tract `DynamicQuantizeLinearU8` of a typed model with
+/// [`FastDynamicQuantize`]. Returns how many.
+pub(crate) fn swap_in(model: &mut TypedModel) -> usize {
+    let mut swapped = 0;
+    for node in model.nodes_mut() {
+        if node.op.name() == TRACT_OP {
+            node.op = Box::new(FastDynamicQuantize);
+            swapped += 1;
+        }
+    }
+    swapped
+}
+
+/// `DynamicQuantizeLinear` to uint8: outputs the quantized tensor, the scale
+/// (f32 scalar) and the zero point (u8 scalar), as ONNX defines them and as
+/// tract computes them (ties to even; NaN inputs ignored by the range and
+/// quantized to the zero point).
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
+pub(crate) struct FastDynamicQuantize;
+
+impl Op for FastDynamicQuantize {
+    fn name(&self) -> StaticName {
+        "FastDynamicQuantizeU8".into()
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Accurate
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FastDynamicQuantize {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = inputs[0].cast_to::<f32>()?;
+        let xs = input.try_as_plain_ram()?.as_slice::<f32>()?;
+        let (scale, zero_point) = scale_and_zero_point(xs);
+        let mut quantized = Tensor::zero::<u8>(input.shape())?;
+        quantize(
+            xs,
+            scale,
+            zero_point,
+            quantized.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?,
+        );
+        Ok(tvec!(
+            quantized.into_tvalue(),
+            tensor0(scale).into_tvalue(),
+            tensor0(zero_point).into_tvalue()
+        ))
+    }
+}
+
+impl TypedOp for FastDynamicQuantize {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut quantized = inputs[0].clone();
+        quantized.datum_type = u8::datum_type();
+        Ok(tvec!(quantized, f32::fact([0; 0]), u8::fact([0; 0])))
+    }
+
+    as_op!();
+}
+
+const LANES: usize = 8;
+
+/// The range of `xs` widened to include 0 (NaN ignored), then the scale and
+/// zero point exactly as tract computes them.
+pub(crate) fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
+    // Lane-wise folds with the same strict comparisons as a sequential
+    // fold: min and max over a set that starts at 0 and never takes a NaN
+    // do not depend on the order.
+    let mut lo = [0f32; LANES];
+    let mut hi = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            let v = chunk[i];
+            lo[i] = if v < lo[i] { v } else { lo[i] };
+            hi[i] = if v > hi[i] { v } else { hi[i] };
+        }
+    }
+    let (mut min, mut max) = (0f32, 0f32);
+    for v in lo.iter().chain(rest) {
+        min = if *v < min { *v } else { min };
+    }
+    for v in hi.iter().chain(rest) {
+        max = if *v > max { *v } else { max };
+    }
+    let scale = (max - min) / u8::MAX as f32;
+    let zero_point = (-min / scale)
+        .round_ties_even()
+        .max(u8::MIN as f32)
+        .min(u8::MAX as f32) as u8;
+    (scale, zero_point)
+}
+
+/// `clamp(round_ties_even(x / scale) + zero_point, 0, 255)`, NaN to the
+/// zero point: what tract computes through an i32, done in f32. (One
+/// degenerate case differs: when every |x| is below about 1e-43 the scale
+/// underflows to 0, x / scale is infinite, and tract's i32 addition
+/// overflows; this saturates, as ONNX defines.)
+pub(crate) fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
+    // Adding and subtracting 1.5·2^23 rounds any |v| ≤ 2^22 to an integer,
+    // ties to even (the FPU's default mode); clamping to ±256 first keeps v
+    // in that range and saturates exactly as the i32 path does, since any
+    // |v| ≥ 256 ends at 0 or 255 after the zero point is added.
+    const ROUND: f32 = 12_582_912.0;
+    let zp = zero_point as f32;
+    let one = |x: f32| -> u8 {
+        let v = x / scale;
+        let v = if v.is_nan() {
+            0.0
+        } else {
+            v.clamp(-256.0, 256.0)
+        };
+        let r = (v + ROUND) - ROUND;
+        (r + zp).clamp(0.0, 255.0) as u8
+    };
+    let mut xs_chunks = xs.chunks_exact(LANES);
+    let mut ys_chunks = ys.chunks_exact_mut(LANES);
+    for (x, y) in (&mut xs_chunks).zip(&mut ys_chunks) {
+        for i in 0..LANES {
+            y[i] = one(x[i]);
+        }
+    }
+    for (x, y) in xs_chunks.remainder().iter().zip(ys_chunks.into_remainder()) {
+        *y = one(*x);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// tract's own definition, written out scalar.
+    fn reference(xs: &[f32]) -> (Vec<u8>, f32, u8) {
+        let (min, max) = xs.iter().fold((0f32, 0f32), |(lo, hi), &v| {
+            if v < lo {
+                (v, hi)
+            } else if v > hi {
+                (lo, v)
+            } else {
+                (lo, hi)
+            }
+        });
+        let scale = (max - min) / 255.0;
+        // As tract writes it: max/min turn a NaN into 0, clamp would not.
+        #[allow(clippy::manual_clamp)]
+        let zp = (-min / scale).round_ties_even().max(0.0).min(255.0) as u8;
+        let ys = xs
+            .iter()
+            .map(|x| {
+                ((x / scale).round_ties_even() as i32)
+                    .saturating_add(zp as i32)
+                    .clamp(0, 255) as u8
+            })
+            .collect();
+        (ys, scale, zp)
+    }
+
+    fn fast(xs: &[f32]) -> (Vec<u8>, f32, u8) {
+        let (scale, zp) = scale_and_zero_point(xs);
+        let mut ys = vec![0; xs.len()];
+        quantize(xs, scale, zp, &mut ys);
+        (ys, scale, zp)
+    }
+
+    fn same(xs: &[f32]) {
+        let (ys, scale, zp) = fast(xs);
+        let (want_ys, want_scale, want_zp) = reference(xs);
+        assert_eq!(scale.to_bits(), want_scale.to_bits(), "scale for {xs:?}");
+        assert_eq!(zp, want_zp, "zero point for {xs:?}");
+        assert_eq!(ys, want_ys, "values for {xs:?}");
+    }
+
+    #[test]
+    fn edge_cases_match_tract() {
+        same(&[]);
+        same(&[0.0; 19]);
+        same(&[-0.0, 0.0, -0.0]);
+        same(&[1.0; 9]);
+        same(&[-1.0; 17]);
+        // Exact ties at every step of the scale: 0.5, 1.5, 2.5 ...
+        let ties: Vec<f32> = (0..600).map(|i| i as f32 * 0.5 - 150.0).collect();
+        same(&ties);
+        same(&[f32::NAN, 1.0, -2.0, f32::NAN, 0.5, 3.0, 7.0, -7.0, 9.0]);
+        same(&[f32::INFINITY, 1.0, -1.0]);
+        same(&[f32::NEG_INFINITY, 1.0]);
+        same(&[f32::MAX, f32::MIN, 0.0, 1.0e-30]);
+        same(&[1.0e-38, -1.0e-39, 3.0e-45]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_tensor_quantizes_as_tract_does(
+            xs in prop::collection::vec(
+                prop_oneof![
+                    8 => -1000f32..1000f32,
+                    1 => any::<f32>(),
+                    1 => Just(0.0f32),
+                ],
+                0..200,
+            )
+        ) {
+            same(&xs);
+        }
+    }
+
+    #[test]
+    fn the_op_replaces_tracts_in_a_loaded_graph() {
+        use tract_onnx::pb;
+        let proto = pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(pb::GraphProto {
+                name: "g".into(),
+                node: vec![pb::NodeProto {
+                    op_type: "DynamicQuantizeLinear".into(),
+                    input: vec!["x".into()],
+                    output: vec!["y".into(), "s".into(), "z".into()],
+                    ..Default::default()
+                }],
+                input: vec![crate::rewrite::tests::value(
+                    "x",
+                    pb::tensor_proto::DataType::Float,
+                    &[2, 9],
+                )],
+                output: ["y", "s", "z"]
+                    .iter()
+                    .map(|n| pb::ValueInfoProto {
+                        name: (*n).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let typed = onnx()
+            .model_for_proto_model(&proto)
+            .unwrap()
+            .into_typed()
+            .unwrap();
+        let mut swapped = typed.clone();
+        assert_eq!(swap_in(&mut swapped), 1);
+        let x: Vec<f32> = (0..18).map(|i| (i as f32 - 6.3) * 0.77).collect();
+        let input = || tvec!(Tensor::from_shape(&[2, 9], &x).unwrap().into_tvalue());
+        let run = |m: TypedModel| {
+            m.into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap()
+                .run(input())
+                .unwrap()
+        };
+        let want = run(typed);
+        let got = run(swapped);
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(w, g);
+        }
+    }
+}
