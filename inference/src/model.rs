@@ -60,7 +60,8 @@ impl TensorSpec {
     }
 }
 
-/// Bounds applied to every request before any work is done.
+/// Bounds applied to every request before any work is done, and one choice
+/// of how models load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest element count of one input's declared shape. Checked before
@@ -69,6 +70,11 @@ pub struct Limits {
     pub max_input_elements: u64,
     /// Most strings in one text request (each becomes a row of the batch).
     pub max_text_items: u64,
+    /// On a CPU whose int8 kernels are tract's slow path, run integer
+    /// matrix products as exact float ones (bit-identical outputs, tens of
+    /// times faster, four times the weight memory). No effect where the
+    /// int8 kernels are fast.
+    pub int8_as_float: bool,
 }
 
 impl Default for Limits {
@@ -78,6 +84,7 @@ impl Default for Limits {
         Limits {
             max_input_elements: 16 << 20,
             max_text_items: 256,
+            int8_as_float: true,
         }
     }
 }
@@ -141,7 +148,7 @@ impl Model {
         check_graph(&onnx, graph)?;
         crate::rewrite::drop_zero_weight_zero_points(graph);
         let kernels = Int8Kernels::native();
-        let int8_as_float = if kernels.is_fast() {
+        let int8_as_float = if kernels.is_fast() || !limits.int8_as_float {
             0
         } else {
             crate::rewrite::integer_products_as_float(graph)

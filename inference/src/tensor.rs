@@ -406,7 +406,11 @@ mod tests {
                 Just(Dim::Dynamic("n".into())),
             ], 0..5),
         ) {
-            let limits = Limits { max_input_elements: 1024, max_text_items: 8 };
+            let limits = Limits {
+                max_input_elements: 1024,
+                max_text_items: 8,
+                int8_as_float: true,
+            };
             let spec = spec(dims);
             let data = vec![0u8; data_len];
             let input = InputTensor { name: "x", datatype: "FP32", shape: &shape, data: &data };

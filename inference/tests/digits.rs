@@ -24,11 +24,15 @@ fn test_set() -> TestSet {
 }
 
 fn load(file: &str) -> Model {
+    load_with(file, Limits::default())
+}
+
+fn load_with(file: &str, limits: Limits) -> Model {
     let source = ModelSource {
         onnx: &model_bytes(file),
         tokenizer_json: None,
     };
-    Model::load(file, 1, source, Limits::default()).unwrap()
+    Model::load(file, 1, source, limits).unwrap()
 }
 
 fn input_shape(family: &str, n: usize) -> Vec<i64> {
@@ -89,6 +93,36 @@ fn every_int8_variant_stays_within_one_point_of_its_float_model() {
             println!("{file:32} {acc:6.2}% (float {float:.2}%)");
             assert!(acc >= float - 1.0, "{file}: {acc:.2}% vs float {float:.2}%");
         }
+    }
+}
+
+/// Where the CPU's int8 kernels are slow, the load runs `MatMulInteger`
+/// and `ConvInteger` as float products over the same integers; the logits
+/// of the whole test set must not change by a bit.
+#[test]
+fn int8_products_as_float_give_bit_identical_logits() {
+    let set = test_set();
+    let n = set.y.len();
+    for family in ["digits_mlp", "digits_cnn"] {
+        let file = format!("{family}_dynamic.onnx");
+        let rewritten = load(&file);
+        let integer = load_with(
+            &file,
+            Limits {
+                int8_as_float: false,
+                ..Limits::default()
+            },
+        );
+        if !inference::Int8Kernels::native().is_fast() {
+            assert!(rewritten.int8_as_float() > 0, "{file}");
+        }
+        let bits = |m: &Model| -> Vec<u32> {
+            logits(m, family, &set.x, 0, n)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&rewritten), bits(&integer), "{file}");
     }
 }
 

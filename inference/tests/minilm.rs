@@ -14,13 +14,17 @@ fn reference() -> Value {
 }
 
 fn load(file: &str, with_tokenizer: bool) -> Model {
+    load_with(file, with_tokenizer, Limits::default())
+}
+
+fn load_with(file: &str, with_tokenizer: bool, limits: Limits) -> Model {
     let tokenizer = std::fs::read(models_dir().join("minilm_tokenizer.json")).unwrap();
     let onnx = model_bytes(file);
     let source = ModelSource {
         onnx: &onnx,
         tokenizer_json: with_tokenizer.then_some(tokenizer.as_slice()),
     };
-    Model::load(file, 1, source, Limits::default()).unwrap()
+    Model::load(file, 1, source, limits).unwrap()
 }
 
 fn matrix(v: &Value) -> Vec<Vec<f32>> {
@@ -130,6 +134,31 @@ fn int8_model_stays_close_to_float() {
         let c = cosine(a, b);
         assert!(c >= 0.99, "int8 vs float cosine {c}");
     }
+}
+
+/// The load rewrites int8 MiniLM's products to float ones only where the
+/// CPU's int8 kernels are slow; on such a CPU this compares the two paths,
+/// elsewhere both are the integer path.
+#[test]
+fn int8_products_as_float_give_bit_identical_embeddings() {
+    let rewritten = load("minilm_dynamic.onnx", false);
+    let integer = load_with(
+        "minilm_dynamic.onnx",
+        false,
+        Limits {
+            int8_as_float: false,
+            ..Limits::default()
+        },
+    );
+    assert_eq!(integer.int8_as_float(), 0);
+    assert!(integer.is_int8());
+    if !inference::Int8Kernels::native().is_fast() {
+        // Every MatMulInteger of MiniLM is within the exact bound.
+        assert_eq!(rewritten.int8_as_float(), 36);
+        assert!(!rewritten.is_int8());
+    }
+    let bits = |e: Vec<Vec<f32>>| -> Vec<u32> { e.iter().flatten().map(|v| v.to_bits()).collect() };
+    assert_eq!(bits(embed_ids(&rewritten)), bits(embed_ids(&integer)));
 }
 
 #[test]
