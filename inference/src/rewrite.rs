@@ -53,16 +53,26 @@ fn is_all_zero_integer(t: &pb::TensorProto) -> bool {
 /// The largest magnitude below which every integer is an f32.
 const F32_EXACT: u64 = 1 << 24;
 
-/// On a CPU whose int8 kernels are tract's slow path (see `cpu.rs`),
-/// `MatMulInteger` with a constant 2-D weight becomes a float `MatMul` over
-/// the same integers: `(f32(a) - f32(a_zp)) · f32(b - b_zp)`, cast back to
-/// int32; `ConvInteger` with a constant weight becomes `Conv` the same way
-/// (tract pads its integer input with `a_zp`, which is zero once centred).
-/// Every product and partial sum is an integer, so the float result is
-/// exact, and the outputs bit-identical, as long as no partial sum can reach
-/// 2^24 in any order of summation: 255 (which bounds `|a - a_zp|` for uint8
-/// and int8 alike) times the widest output's `Σ |b - b_zp|` below 2^24. A
-/// node past that bound keeps the integer path. The activation zero point
+/// On a CPU whose int8 kernels are tract's slow path (see `cpu.rs`), integer
+/// matrix products with a constant weight run as float products over the
+/// same integers: `(f32(a) - f32(a_zp)) · f32(b - b_zp)`.
+///
+/// - `MatMulInteger` / `ConvInteger` become `MatMul` / `Conv` cast back to
+///   int32. Every product and partial sum is an integer, so the result is
+///   exact and the outputs bit-identical as long as no partial sum can reach
+///   2^24 in any order of summation: 255 (which bounds `|a - a_zp|` for
+///   uint8 and int8 alike) times the widest output's `Σ |b - b_zp|` below
+///   2^24. tract pads `ConvInteger`'s input with `a_zp`, which is 0 once
+///   centred, so padding stays exact too.
+/// - `QLinearMatMul` / `QLinearConv` accumulate the same way (with
+///   `QLinearConv`'s int32 bias, inside the same bound), then rescale by
+///   `a_scale · b_scale / y_scale` in f32 and `QuantizeLinear` with scale 1
+///   and the output zero point. The accumulator is exact; tract rescales it
+///   with a Q0.31 fixed-point multiplier instead, so an output can differ
+///   by one quantization step where the rescaled value lies within a few
+///   f32 ulps of a rounding tie. Scales and zero points must be constants.
+///
+/// A node past the bound keeps the integer path. The activation zero point
 /// must be a scalar (from `DynamicQuantizeLinear`, or a one-value
 /// initializer) so that subtracting it broadcasts as ONNX means. The float
 /// weights take four times the int8 bytes. Top-level graph only. Returns how
@@ -89,34 +99,61 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
         )
         .collect();
     let graph_inputs: HashSet<String> = graph.input.iter().map(|v| v.name.clone()).collect();
-    let mut weights: HashMap<(String, String), Option<String>> = HashMap::new();
+    // Float weights already made, by (weight, zero point, bias).
+    let mut weights: HashMap<[String; 3], Option<(String, Option<String>)>> = HashMap::new();
+    let mut consumed: HashSet<String> = HashSet::new();
     let mut new_initializers = Vec::new();
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut changed = 0;
     for node in std::mem::take(&mut graph.node) {
-        let plan = FloatProduct::plan(&node, &scalar_zero_points, &graph_inputs);
-        let Some(plan) = plan else {
+        let Some(plan) = FloatProduct::plan(&node, &scalar_zero_points, &graph_inputs) else {
             nodes.push(node);
             continue;
         };
-        let key = (plan.b.clone(), plan.b_zp.clone().unwrap_or_default());
+        let key = [
+            plan.b.clone(),
+            plan.b_zp.clone().unwrap_or_default(),
+            plan.bias.clone().unwrap_or_default(),
+        ];
         let weight = weights
             .entry(key)
             .or_insert_with(|| {
-                let tensor = float_weight(&graph.initializer, &plan)?;
+                let (weight, bias) = float_weight(&graph.initializer, &plan)?;
                 let name = unused(&mut names, &format!("{}::f32", plan.b));
                 new_initializers.push(pb::TensorProto {
                     name: name.clone(),
-                    ..tensor
+                    ..weight
                 });
-                Some(name)
+                let bias = bias.zip(plan.bias.as_ref()).map(|(bias, bias_name)| {
+                    let name = unused(&mut names, &format!("{bias_name}::f32"));
+                    new_initializers.push(pb::TensorProto {
+                        name: name.clone(),
+                        ..bias
+                    });
+                    name
+                });
+                Some((name, bias))
             })
             .clone();
-        let Some(weight) = weight else {
+        let Some((weight, bias)) = weight else {
             nodes.push(node);
             continue;
         };
-        nodes.extend(plan.nodes(&weight, &mut names));
+        let requant = match &plan.requant {
+            None => None,
+            Some(r) => match r.multiplier(&graph.initializer, &plan) {
+                Some(m) => Some(m),
+                None => {
+                    nodes.push(node);
+                    continue;
+                }
+            },
+        };
+        let (more_initializers, more_nodes) =
+            plan.nodes(&weight, bias.as_deref(), requant, &mut names);
+        new_initializers.extend(more_initializers);
+        nodes.extend(more_nodes);
+        consumed.extend(plan.consumed());
         changed += 1;
     }
     graph.node = nodes;
@@ -127,23 +164,17 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
         .iter()
         .flat_map(|n| n.input.iter().map(String::as_str))
         .chain(graph.output.iter().map(|o| o.name.as_str()))
-        .collect::<HashSet<_>>();
-    let replaced: HashSet<&str> = weights
-        .keys()
-        .flat_map(|(b, zp)| [b.as_str(), zp.as_str()])
         .collect();
-    let unread: HashSet<String> = graph
-        .initializer
+    let unread: HashSet<String> = consumed
         .iter()
-        .map(|t| t.name.as_str())
-        .filter(|n| replaced.contains(n) && !read.contains(n))
-        .map(str::to_owned)
+        .filter(|n| !read.contains(n.as_str()))
+        .cloned()
         .collect();
     graph.initializer.retain(|t| !unread.contains(&t.name));
     changed
 }
 
-/// One `MatMulInteger` or `ConvInteger` node to run in float.
+/// One integer product to run in float.
 struct FloatProduct {
     /// `Conv` (with the node's attributes) or `MatMul`.
     conv: bool,
@@ -152,7 +183,19 @@ struct FloatProduct {
     b: String,
     a_zp: Option<String>,
     b_zp: Option<String>,
+    /// `QLinearConv`'s int32 bias.
+    bias: Option<String>,
+    /// For `QLinear*`: how the accumulator becomes the quantized output.
+    requant: Option<Requant>,
     y: String,
+}
+
+/// The scales and output zero point of a `QLinear*` node.
+struct Requant {
+    a_scale: String,
+    b_scale: String,
+    y_scale: String,
+    y_zp: String,
 }
 
 impl FloatProduct {
@@ -161,39 +204,75 @@ impl FloatProduct {
         scalar_zero_points: &HashSet<String>,
         graph_inputs: &HashSet<String>,
     ) -> Option<FloatProduct> {
-        let conv = match (node.domain.as_str(), node.op_type.as_str()) {
-            ("", "MatMulInteger") => false,
-            ("", "ConvInteger") => true,
+        let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty()).cloned();
+        // Input positions of A, its zero point, B, its zero point.
+        let (conv, qlinear) = match (node.domain.as_str(), node.op_type.as_str()) {
+            ("", "MatMulInteger") => (false, false),
+            ("", "ConvInteger") => (true, false),
+            ("", "QLinearMatMul") => (false, true),
+            ("", "QLinearConv") => (true, true),
             _ => return None,
         };
-        let input = |i: usize| node.input.get(i).filter(|s| !s.is_empty()).cloned();
-        let a_zp = input(2);
+        let [a, a_zp, b, b_zp] = if qlinear { [0, 2, 3, 5] } else { [0, 2, 1, 3] };
+        let a_zp = input(a_zp);
         if a_zp
             .as_ref()
             .is_some_and(|z| !scalar_zero_points.contains(z))
         {
             return None;
         }
-        let b = input(1)?;
+        let b = input(b)?;
         // A weight a request may feed (an initializer listed as a graph
         // input, as older files do) is not a constant.
         if graph_inputs.contains(&b) {
             return None;
         }
+        let requant = if qlinear {
+            Some(Requant {
+                a_scale: input(1)?,
+                b_scale: input(4)?,
+                y_scale: input(6)?,
+                y_zp: input(7)?,
+            })
+        } else {
+            None
+        };
         Some(FloatProduct {
             conv,
             attributes: node.attribute.clone(),
-            a: input(0)?,
+            a: input(a)?,
             b,
             a_zp,
-            b_zp: input(3),
+            b_zp: input(b_zp),
+            bias: if qlinear && conv { input(8) } else { None },
+            requant,
             y: node.output.first()?.clone(),
         })
     }
 
+    /// The initializers this node read that the float form no longer needs.
+    fn consumed(&self) -> impl Iterator<Item = String> + '_ {
+        [Some(&self.b), self.b_zp.as_ref(), self.bias.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(
+                self.requant
+                    .iter()
+                    .flat_map(|r| [&r.a_scale, &r.b_scale, &r.y_scale]),
+            )
+            .cloned()
+    }
+
     /// Cast A (minus its zero point), MatMul or Conv with the float weight,
-    /// cast to int32 under the original output name.
-    fn nodes(&self, weight: &str, names: &mut HashSet<String>) -> Vec<pb::NodeProto> {
+    /// then either cast to int32 or rescale and quantize, under the original
+    /// output name. Returns the initializers and nodes to add.
+    fn nodes(
+        &self,
+        weight: &str,
+        bias: Option<&str>,
+        requant: Option<pb::TensorProto>,
+        names: &mut HashSet<String>,
+    ) -> (Vec<pb::TensorProto>, Vec<pb::NodeProto>) {
         let mut out = Vec::new();
         let a = unused(names, &format!("{}::a_f32", self.y));
         out.push(node("Cast", &[&self.a], &a, Some(D::Float)));
@@ -205,16 +284,91 @@ impl FloatProduct {
             out.push(node("Sub", &[&centered, &zp_f32], &c, None));
             centered = c;
         }
-        let y = unused(names, &format!("{}::y_f32", self.y));
+        let acc = unused(names, &format!("{}::acc_f32", self.y));
         if self.conv {
-            let mut conv = node("Conv", &[&centered, weight], &y, None);
+            let inputs: Vec<&str> = [Some(centered.as_str()), Some(weight), bias]
+                .into_iter()
+                .flatten()
+                .collect();
+            let mut conv = node("Conv", &inputs, &acc, None);
             conv.attribute = self.attributes.clone();
             out.push(conv);
         } else {
-            out.push(node("MatMul", &[&centered, weight], &y, None));
+            out.push(node("MatMul", &[&centered, weight], &acc, None));
         }
-        out.push(node("Cast", &[&y], &self.y, Some(D::Int32)));
-        out
+        let (Some(multiplier), Some(r)) = (requant, &self.requant) else {
+            out.push(node("Cast", &[&acc], &self.y, Some(D::Int32)));
+            return (Vec::new(), out);
+        };
+        let multiplier = pb::TensorProto {
+            name: unused(names, &format!("{}::rescale", self.y)),
+            ..multiplier
+        };
+        let one = pb::TensorProto {
+            name: unused(names, &format!("{}::one", self.y)),
+            data_type: D::Float as i32,
+            raw_data: 1f32.to_le_bytes().to_vec(),
+            ..Default::default()
+        };
+        let scaled = unused(names, &format!("{}::scaled", self.y));
+        out.push(node("Mul", &[&acc, &multiplier.name], &scaled, None));
+        out.push(node(
+            "QuantizeLinear",
+            &[&scaled, &one.name, &r.y_zp],
+            &self.y,
+            None,
+        ));
+        (vec![multiplier, one], out)
+    }
+}
+
+impl Requant {
+    /// `a_scale · b_scale / y_scale` as an f32 initializer shaped to
+    /// broadcast over the product's output (per output channel, or one
+    /// value), if the scales are constants of the right sizes and the output
+    /// zero point is a scalar.
+    fn multiplier(
+        &self,
+        initializers: &[pb::TensorProto],
+        plan: &FloatProduct,
+    ) -> Option<pb::TensorProto> {
+        let find = |name: &str| initializers.iter().find(|t| t.name == name);
+        let scalar = |name: &str| -> Option<f32> {
+            match float_values(find(name)?)?.as_slice() {
+                [v] => Some(*v),
+                _ => None,
+            }
+        };
+        let (a_scale, y_scale) = (scalar(&self.a_scale)?, scalar(&self.y_scale)?);
+        if find(&self.y_zp)?.dims.iter().product::<i64>() > 1 {
+            return None;
+        }
+        let b_scales = float_values(find(&self.b_scale)?)?;
+        let weight = find(&plan.b)?;
+        let outputs = *if plan.conv {
+            weight.dims.first()?
+        } else {
+            weight.dims.last()?
+        };
+        let values: Vec<f32> = b_scales.iter().map(|b| a_scale * b / y_scale).collect();
+        let dims = match values.len() {
+            1 => Vec::new(),
+            n if n as i64 == outputs && plan.conv => {
+                // [M, 1, 1, ...]: the channel axis of [N, M, spatial...].
+                let spatial = weight.dims.len().checked_sub(2)?;
+                std::iter::once(outputs)
+                    .chain(std::iter::repeat_n(1, spatial))
+                    .collect()
+            }
+            n if n as i64 == outputs => vec![outputs],
+            _ => return None,
+        };
+        Some(pb::TensorProto {
+            data_type: D::Float as i32,
+            dims,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        })
     }
 }
 
@@ -222,11 +376,14 @@ impl FloatProduct {
 /// output.
 type WeightIndex = fn(usize, usize, usize, usize) -> usize;
 
-/// `b - b_zp` as an f32 initializer, if B is a constant int8/uint8 tensor
-/// (a 2-D matrix, or a convolution kernel `[outputs, inputs/group, ...]`),
-/// the zero point is a scalar or one per output, and the product stays
-/// exact in f32.
-fn float_weight(initializers: &[pb::TensorProto], plan: &FloatProduct) -> Option<pb::TensorProto> {
+/// `b - b_zp` (and the bias, if any) as f32 initializers, if B is a constant
+/// int8/uint8 tensor (a 2-D matrix, or a convolution kernel `[outputs,
+/// inputs/group, ...]`), the zero point is a scalar or one per output, the
+/// bias one int32 per output, and the sums stay exact in f32.
+fn float_weight(
+    initializers: &[pb::TensorProto],
+    plan: &FloatProduct,
+) -> Option<(pb::TensorProto, Option<pb::TensorProto>)> {
     let find = |name: &str| initializers.iter().find(|t| t.name == name);
     let b = find(&plan.b)?;
     let dims: Vec<usize> = b
@@ -256,32 +413,89 @@ fn float_weight(initializers: &[pb::TensorProto], plan: &FloatProduct) -> Option
             }
         }
     };
+    let bias = match &plan.bias {
+        None => None,
+        Some(name) => {
+            let bias = int32_values(find(name)?)?;
+            (bias.len() == n).then_some(bias)
+        }
+    };
+    if plan.bias.is_some() && bias.is_none() {
+        return None;
+    }
     let mut centered = values;
     for o in 0..n {
         for r in 0..per_output {
             centered[index(o, r, n, per_output)] -= zero_points[o];
         }
     }
-    let widest_column = (0..n)
+    let widest = (0..n)
         .map(|o| {
-            (0..per_output)
+            let terms: u64 = (0..per_output)
                 .map(|r| centered[index(o, r, n, per_output)].unsigned_abs())
-                .sum::<u64>()
+                .sum();
+            255 * terms + bias.as_ref().map_or(0, |b| b[o].unsigned_abs())
         })
         .max()
         .unwrap_or(0);
-    if 255 * widest_column >= F32_EXACT {
+    if widest >= F32_EXACT {
         return None;
     }
-    Some(pb::TensorProto {
-        data_type: D::Float as i32,
-        dims: b.dims.clone(),
-        raw_data: centered
+    let floats = |values: &[i64]| -> Vec<u8> {
+        values
             .iter()
             .flat_map(|v| (*v as f32).to_le_bytes())
-            .collect(),
+            .collect()
+    };
+    let weight = pb::TensorProto {
+        data_type: D::Float as i32,
+        dims: b.dims.clone(),
+        raw_data: floats(&centered),
         ..Default::default()
-    })
+    };
+    let bias = bias.map(|bias| pb::TensorProto {
+        data_type: D::Float as i32,
+        dims: vec![n as i64],
+        raw_data: floats(&bias),
+        ..Default::default()
+    });
+    Some((weight, bias))
+}
+
+/// The values of an int32 initializer stored in the file.
+fn int32_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    if t.data_location == Some(1) || t.data_type != D::Int32 as i32 {
+        return None;
+    }
+    if !t.raw_data.is_empty() {
+        let chunks = t.raw_data.chunks_exact(4);
+        chunks.remainder().is_empty().then_some(())?;
+        Some(
+            chunks
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+        )
+    } else {
+        Some(t.int32_data.iter().map(|v| *v as i64).collect())
+    }
+}
+
+/// The values of an f32 initializer stored in the file.
+fn float_values(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    if t.data_location == Some(1) || t.data_type != D::Float as i32 {
+        return None;
+    }
+    if !t.raw_data.is_empty() {
+        let chunks = t.raw_data.chunks_exact(4);
+        chunks.remainder().is_empty().then_some(())?;
+        Some(
+            chunks
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    } else {
+        Some(t.float_data.clone())
+    }
 }
 
 /// The values of an int8 or uint8 initializer stored in the file.
@@ -662,5 +876,149 @@ pub(crate) mod tests {
             }
             assert_eq!(run(&rewritten, &x), run(&original, &x), "seed {seed}");
         }
+    }
+
+    /// x float → QuantizeLinear → `op` (QLinearMatMul or QLinearConv) with
+    /// per-output weight scales → y uint8.
+    fn qlinear_model(conv: bool) -> (pb::ModelProto, Vec<usize>) {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (x_dims, w_dims, y_dims): (Vec<i64>, Vec<i64>, Vec<i64>) = if conv {
+            (vec![1, 2, 6, 6], vec![4, 2, 3, 3], vec![1, 4, 6, 6])
+        } else {
+            (vec![5, 40], vec![40, 4], vec![5, 4])
+        };
+        let w = weights(w_dims.iter().product::<i64>() as usize, 3);
+        let w_scales = [0.011f32, 0.017, 0.0093, 0.021];
+        let mut initializers = vec![
+            initializer("xs", D::Float, &[], &f32s(&[0.047])),
+            initializer("xz", D::Uint8, &[], &[131]),
+            initializer(
+                "w",
+                D::Int8,
+                &w_dims,
+                &w.iter().map(|v| *v as u8).collect::<Vec<_>>(),
+            ),
+            initializer("ws", D::Float, &[4], &f32s(&w_scales)),
+            initializer("wz", D::Int8, &[4], &[0, 0, 0, 0]),
+            initializer("ys", D::Float, &[], &f32s(&[0.31])),
+            initializer("yz", D::Uint8, &[], &[97]),
+        ];
+        let mut inputs: Vec<String> = ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"]
+            .map(String::from)
+            .to_vec();
+        let mut attribute = Vec::new();
+        if conv {
+            let bias: Vec<u8> = [-900i32, 35, 1200, -7]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            initializers.push(initializer("bias", D::Int32, &[4], &bias));
+            inputs.push("bias".into());
+            attribute = vec![
+                pb::AttributeProto {
+                    name: "kernel_shape".into(),
+                    r#type: pb::attribute_proto::AttributeType::Ints as i32,
+                    ints: vec![3, 3],
+                    ..Default::default()
+                },
+                pb::AttributeProto {
+                    name: "pads".into(),
+                    r#type: pb::attribute_proto::AttributeType::Ints as i32,
+                    ints: vec![1, 1, 1, 1],
+                    ..Default::default()
+                },
+            ];
+        }
+        let proto = pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(pb::GraphProto {
+                name: "g".into(),
+                node: vec![
+                    pb::NodeProto {
+                        op_type: "QuantizeLinear".into(),
+                        input: vec!["x".into(), "xs".into(), "xz".into()],
+                        output: vec!["xq".into()],
+                        ..Default::default()
+                    },
+                    pb::NodeProto {
+                        op_type: if conv { "QLinearConv" } else { "QLinearMatMul" }.into(),
+                        input: inputs,
+                        output: vec!["y".into()],
+                        attribute,
+                        ..Default::default()
+                    },
+                ],
+                initializer: initializers,
+                input: vec![value("x", D::Float, &x_dims)],
+                output: vec![value("y", D::Uint8, &y_dims)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        (proto, x_dims.iter().map(|d| *d as usize).collect())
+    }
+
+    fn run_u8(proto: &pb::ModelProto, dims: &[usize], x: &[f32]) -> Vec<u8> {
+        let plan = onnx()
+            .model_for_proto_model(proto)
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let x = Tensor::from_shape(dims, x).unwrap();
+        let out = plan.run(tvec!(x.into())).unwrap();
+        out[0]
+            .as_plain_ram()
+            .unwrap()
+            .as_slice::<u8>()
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn qlinear_products_run_in_float_within_one_step() {
+        for conv in [false, true] {
+            let (original, dims) = qlinear_model(conv);
+            let mut rewritten = original.clone();
+            let graph = rewritten.graph.as_mut().unwrap();
+            assert_eq!(integer_products_as_float(graph), 1, "conv {conv}");
+            assert!(graph.node.iter().all(|n| !n.op_type.starts_with("QLinear")));
+            let (mut total, mut differing, mut saturated) = (0, 0, 0);
+            for seed in 0..30 {
+                let x = spread(dims.iter().product(), seed, 4.0);
+                let want = run_u8(&original, &dims, &x);
+                let got = run_u8(&rewritten, &dims, &x);
+                for (w, g) in want.iter().zip(&got) {
+                    assert!(w.abs_diff(*g) <= 1, "conv {conv} seed {seed}: {w} vs {g}");
+                    differing += usize::from(w != g);
+                    saturated += usize::from(*w == 0 || *w == 255);
+                }
+                total += want.len();
+            }
+            // Differences only at rounding ties: rare.
+            assert!(
+                differing * 100 <= total,
+                "conv {conv}: {differing} of {total}"
+            );
+            // The outputs span the range rather than saturating.
+            assert!(
+                saturated * 4 < total,
+                "conv {conv}: {saturated} of {total} saturated"
+            );
+        }
+    }
+
+    #[test]
+    fn a_qlinear_product_with_runtime_scales_keeps_the_integer_path() {
+        let (mut proto, _) = qlinear_model(false);
+        let graph = proto.graph.as_mut().unwrap();
+        graph.initializer.retain(|t| t.name != "ys");
+        graph.input.push(value("ys", D::Float, &[]));
+        assert_eq!(integer_products_as_float(graph), 0);
     }
 }
