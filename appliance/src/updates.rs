@@ -1008,7 +1008,7 @@ fn int8_note(model: &Model) -> String {
     let mut note = String::new();
     if model.int8_as_float() > 0 {
         note.push_str(&format!(
-            "; {} int8 matrix products run as exact f32 (no fast int8 kernels here)",
+            "; {} int8 matrix products run as f32 (this CPU has no fast int8 kernels)",
             model.int8_as_float()
         ));
     }

@@ -8,8 +8,10 @@
 //! cargo bench -p benches --bench soak` (after `scripts/models`).
 //! `BENCH_SOAK_SECONDS` sets each run's length (default 60);
 //! `BENCH_SOAK_CACHE_MB` sets `keystore.cache_mb` and
-//! `BENCH_SOAK_RETAIN_RECORDS` sets `audit.retain_records` (defaults: the
-//! daemon's). Until the audit window is full, each kept record adds about
+//! `BENCH_SOAK_RETAIN_RECORDS` sets `audit.retain_records`, and
+//! `BENCH_SOAK_INT8_AS_FLOAT=false` sets `inference.int8_as_float` (defaults:
+//! the daemon's; on a CPU without fast int8 kernels the float products cost
+//! 4x the int8 weights' memory). Until the audit window is full, each kept record adds about
 //! 75 bytes of the store's index to resident memory, by design.
 //! Memory is read after a settle of 12 s, so jemalloc's 10 s decay has
 //! returned what a burst left behind.
@@ -38,7 +40,8 @@ fn main() {
     let mut app = Appliance::start("max_concurrent_streams = 256\nmax_connections = 4096\n");
     let cache = std::env::var("BENCH_SOAK_CACHE_MB").ok();
     let retain = std::env::var("BENCH_SOAK_RETAIN_RECORDS").ok();
-    if cache.is_some() || retain.is_some() {
+    let as_float = std::env::var("BENCH_SOAK_INT8_AS_FLOAT").ok();
+    if cache.is_some() || retain.is_some() || as_float.is_some() {
         app.stop();
         app.edit_config(|mut config| {
             if let Some(mb) = cache {
@@ -46,6 +49,12 @@ fn main() {
             }
             if let Some(n) = retain {
                 config.push_str(&format!("[audit]\nretain_records = {n}\n"));
+            }
+            if let Some(v) = as_float {
+                config = config.replace(
+                    "[inference]\n",
+                    &format!("[inference]\nint8_as_float = {v}\n"),
+                );
             }
             config
         });

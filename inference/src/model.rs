@@ -208,8 +208,9 @@ impl Model {
                     model = name,
                     version,
                     products = m.int8_as_float,
-                    "integer matrix products run as exact float products: this CPU's int8 \
-                     kernels are tract's slow path (the float weights take 4x the int8 bytes)"
+                    "integer matrix products run as float products over the same integers: \
+                     this CPU's int8 kernels are tract's slow path (the float weights take 4x \
+                     the int8 bytes; [inference] int8_as_float = false keeps them in int8)"
                 );
             }
             if m.int8 && !kernels.is_fast() {
@@ -231,10 +232,12 @@ impl Model {
         self.int8
     }
 
-    /// How many integer matrix products (`MatMulInteger`, `ConvInteger`
-    /// with constant weights) were rewritten at load to exact float products, because
-    /// this CPU's int8 kernels are the slow ones. Their outputs are
-    /// bit-identical to the integer path's.
+    /// How many integer matrix products with constant weights were
+    /// rewritten at load to float products over the same integers, because
+    /// this CPU's int8 kernels are the slow ones. `MatMulInteger` and
+    /// `ConvInteger` outputs stay bit-identical; `QLinearMatMul` and
+    /// `QLinearConv` outputs within one quantization step (see
+    /// `rewrite.rs`).
     pub fn int8_as_float(&self) -> usize {
         self.int8_as_float
     }

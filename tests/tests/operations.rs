@@ -85,16 +85,16 @@ fn sigterm_lets_requests_in_flight_finish() {
     app.load_reference_models();
     let certs = app.client("patient-app");
     app.grant("patient-app", "minilm");
-    // A request that takes a while: 12 sentences through int8 MiniLM (a
-    // second or two with VNNI, several on a CPU without it; either way well
-    // inside the 30 s grace period).
+    // A request that takes a while: 48 sentences through int8 MiniLM
+    // (about a second in this debug build; well inside the 30 s grace
+    // period).
     let mut python = app.triton_process(
         &certs,
         &[
             "infer-text",
             "--announce",
             "--repeat",
-            "4",
+            "16",
             "A long sentence about the weather, the sun and the people outside today.",
             "Another one.",
             "A third.",
@@ -118,7 +118,7 @@ fn sigterm_lets_requests_in_flight_finish() {
         result["code"], "OK",
         "the request in flight failed: {result}"
     );
-    assert_eq!(result["shape"], serde_json::json!([12, 384]));
+    assert_eq!(result["shape"], serde_json::json!([48, 384]));
     let log = app.log_text();
     let drained = log.find("shutting down").unwrap();
     let answered = log.rfind("rpc=\"ModelInfer\"").unwrap();

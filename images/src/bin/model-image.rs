@@ -427,8 +427,8 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
 fn print_int8(model: &Model) {
     if model.int8_as_float() > 0 {
         println!(
-            "  {} int8 matrix products run as exact f32 products (bit-identical; this CPU's \
-             int8 kernels are the slow ones)",
+            "  {} int8 matrix products run as f32 products over the same integers (this \
+             CPU's int8 kernels are the slow ones)",
             model.int8_as_float()
         );
     }
