@@ -2,14 +2,17 @@
 //! thread each, measured in the same run.
 //!
 //! For every digits variant (MLP and CNN; float, QDQ, QOperator, dynamic)
-//! and MiniLM (float and dynamic int8, 128 tokens), at batch 1 and 32:
+//! and MiniLM (float and dynamic int8, 128 tokens and a short sentence's
+//! 12), at batch 1 and 32:
 //! median latency of one call and the throughput it implies, for our engine
 //! (`Model::infer`, validation and copies included, i.e. what the server
 //! pays) and for onnxruntime (`session.run` in-process in Python, timed
 //! around the call only). Prints a Markdown table.
 //!
 //! Run: `cargo bench -p benches --bench engine` (after `scripts/models`).
-//! `BENCH_SECONDS` sets the time per measurement (default 2).
+//! `BENCH_SECONDS` sets the time per measurement (default 2);
+//! `BENCH_INT8_AS_FLOAT=false` loads models with `int8_as_float` off (on a
+//! CPU without fast int8 kernels: the integer path, for comparison).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a harness: fail loudly
 
 use std::process::Command;
@@ -40,33 +43,46 @@ fn main() {
         "| model | batch | ours median | onnxruntime median | ours / onnxruntime throughput |"
     );
     println!("|---|---:|---:|---:|---:|");
-    let mut cases: Vec<(String, MakeInputs)> = Vec::new();
+    let limits = Limits {
+        int8_as_float: std::env::var("BENCH_INT8_AS_FLOAT").as_deref() != Ok("false"),
+        ..Limits::default()
+    };
+    // (label, file, inputs)
+    let mut cases: Vec<(String, String, MakeInputs)> = Vec::new();
     for family in ["digits_mlp", "digits_cnn"] {
         for variant in ["", "_qdq", "_qoperator", "_dynamic"] {
             let cnn = family == "digits_cnn";
+            let file = format!("{family}{variant}.onnx");
             cases.push((
-                format!("{family}{variant}.onnx"),
+                file.clone(),
+                file,
                 Box::new(move |batch| digits_input(batch, cnn)),
             ));
         }
     }
-    for file in ["minilm.onnx", "minilm_dynamic.onnx"] {
-        cases.push((file.to_string(), Box::new(minilm_input)));
+    for tokens in [128, 12] {
+        for file in ["minilm.onnx", "minilm_dynamic.onnx"] {
+            cases.push((
+                format!("{file} ({tokens} tokens)"),
+                file.to_string(),
+                Box::new(move |batch| minilm_input(batch, tokens)),
+            ));
+        }
     }
 
-    for (file, make) in &cases {
+    for (label, file, make) in &cases {
         let onnx = model_bytes(file);
         let source = ModelSource {
             onnx: &onnx,
             tokenizer_json: None,
         };
-        let model = Model::load(file, 1, source, Limits::default()).unwrap();
+        let model = Model::load(file, 1, source, limits).unwrap();
         for batch in [1usize, 32] {
             let inputs = make(batch);
             let ours = time_ours(&model, &inputs, seconds);
             let theirs = time_onnxruntime(file, &inputs, seconds, work.path());
             println!(
-                "| {file} | {batch} | {} | {} | {:.2} |",
+                "| {label} | {batch} | {} | {} | {:.2} |",
                 show(ours),
                 show(theirs),
                 theirs.as_secs_f64() / ours.as_secs_f64()
@@ -101,20 +117,20 @@ fn digits_input(batch: usize, cnn: bool) -> Vec<Input> {
     }]
 }
 
-/// 128 tokens per row: [CLS], 126 ordinary word-piece ids, [SEP].
-fn minilm_input(batch: usize) -> Vec<Input> {
+/// `tokens` per row: [CLS], ordinary word-piece ids, [SEP].
+fn minilm_input(batch: usize, tokens: usize) -> Vec<Input> {
     let row: Vec<i64> = std::iter::once(101)
-        .chain((0..126).map(|i| 2000 + (i * 37) % 5000))
+        .chain((0..tokens as i64 - 2).map(|i| 2000 + (i * 37) % 5000))
         .chain(std::iter::once(102))
         .collect();
     let bytes = |v: &[i64]| -> Vec<u8> {
         v.iter()
             .cycle()
-            .take(batch * 128)
+            .take(batch * tokens)
             .flat_map(|x| x.to_le_bytes())
             .collect()
     };
-    let shape = vec![batch as i64, 128];
+    let shape = vec![batch as i64, tokens as i64];
     vec![
         Input {
             name: "input_ids",
