@@ -52,7 +52,8 @@ pub struct AuditConfig {
     /// Records older than this many days are pruned.
     pub retain_days: u64,
     /// At most this many records are kept (each costs about 900 bytes of
-    /// disk and, in the store's index, about 75 bytes of memory).
+    /// disk and, in the store's index and page table, about 300 bytes of
+    /// memory, measured under load).
     pub retain_records: u64,
     /// Archive records (JSON lines, one file per UTC day) before pruning
     /// them; false drops them.
@@ -66,8 +67,10 @@ impl Default for AuditConfig {
         AuditConfig {
             retain_days: 90,
             // Pruned records go to the archive first, so the store's window
-            // can be short; each kept record costs ~75 bytes of memory.
-            retain_records: 100_000,
+            // can be short; each kept record costs ~300 bytes of memory, so
+            // 10 000 is ~3 MiB (100 000 took ~28 MiB and broke DESIGN §9's
+            // memory bound under load).
+            retain_records: 10_000,
             archive: true,
             archive_dir: None,
         }

@@ -12,7 +12,7 @@
 //! `BENCH_SOAK_INT8_AS_FLOAT=false` sets `inference.int8_as_float` (defaults:
 //! the daemon's; on a CPU without fast int8 kernels the float products cost
 //! 4x the int8 weights' memory). Until the audit window is full, each kept record adds about
-//! 75 bytes of the store's index to resident memory, by design.
+//! 300 bytes of the store's index to resident memory, by design.
 //! Memory is read after a settle of 12 s, so jemalloc's 10 s decay has
 //! returned what a burst left behind.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a harness: fail loudly

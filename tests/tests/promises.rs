@@ -370,7 +370,7 @@ fn a_ten_second_soak_fails_nothing_and_holds_its_memory() {
     let mut app = Appliance::start("max_concurrent_streams = 256\n");
     app.update_from(&vendor().repo(), &["--model", "digits"]);
     // A small store cache and audit window, so the warm-up reaches both
-    // bounds: the memory they take grows up to them by design (about 75
+    // bounds: the memory they take grows up to them by design (about 300
     // bytes a kept record), and the test is about what comes after.
     app.stop();
     app.edit_config(|c| {
