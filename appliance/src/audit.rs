@@ -727,7 +727,7 @@ mod tests {
     fn the_queue_costs_little_memory_while_empty() {
         // std's bounded channel allocates and initialises all its slots at
         // creation: every slot is resident from the start.
-        let slots = QUEUE * (std::mem::size_of::<Message>() + 8);
+        let slots = QUEUE * (size_of::<Message>() + 8);
         assert!(slots <= 2 << 20, "{slots} bytes for an empty queue");
     }
 
