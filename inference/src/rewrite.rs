@@ -159,12 +159,8 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
     graph.node = nodes;
     graph.initializer.extend(new_initializers);
     // Integer weights nothing reads any more would be loaded for nothing.
-    let read: HashSet<&str> = graph
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .chain(graph.output.iter().map(|o| o.name.as_str()))
-        .collect();
+    let mut read: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    inputs_read(&graph.node, &mut read);
     let unread: HashSet<String> = consumed
         .iter()
         .filter(|n| !read.contains(n.as_str()))
@@ -172,6 +168,19 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
         .collect();
     graph.initializer.retain(|t| !unread.contains(&t.name));
     changed
+}
+
+/// Every value the nodes read, subgraphs (which may read the outer
+/// graph's initializers by name) included.
+fn inputs_read<'a>(nodes: &'a [pb::NodeProto], read: &mut HashSet<&'a str>) {
+    for node in nodes {
+        read.extend(node.input.iter().map(String::as_str));
+        for attribute in &node.attribute {
+            for sub in attribute.g.iter().chain(&attribute.graphs) {
+                inputs_read(&sub.node, read);
+            }
+        }
+    }
 }
 
 /// One integer product to run in float.
@@ -1020,5 +1029,26 @@ pub(crate) mod tests {
         graph.initializer.retain(|t| t.name != "ys");
         graph.input.push(value("ys", D::Float, &[]));
         assert_eq!(integer_products_as_float(graph), 0);
+    }
+
+    #[test]
+    fn a_weight_a_subgraph_also_reads_is_kept() {
+        let mut proto = model([0, 0]);
+        let graph = proto.graph.as_mut().unwrap();
+        let body = pb::GraphProto {
+            node: vec![node("Identity", &["b"], "b_copy", None)],
+            ..Default::default()
+        };
+        graph.node.push(pb::NodeProto {
+            op_type: "If".into(),
+            attribute: vec![pb::AttributeProto {
+                name: "then_branch".into(),
+                g: Some(body),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(integer_products_as_float(graph), 1);
+        assert!(graph.initializer.iter().any(|t| t.name == "b"));
     }
 }
