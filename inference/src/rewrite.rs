@@ -110,6 +110,17 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
             nodes.push(node);
             continue;
         };
+        // Checked before any float weight is made, so a refusal leaves none.
+        let requant = match &plan.requant {
+            None => None,
+            Some(r) => match r.multiplier(&graph.initializer, &plan) {
+                Some(m) => Some(m),
+                None => {
+                    nodes.push(node);
+                    continue;
+                }
+            },
+        };
         let key = [
             plan.b.clone(),
             plan.b_zp.clone().unwrap_or_default(),
@@ -138,16 +149,6 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
         let Some((weight, bias)) = weight else {
             nodes.push(node);
             continue;
-        };
-        let requant = match &plan.requant {
-            None => None,
-            Some(r) => match r.multiplier(&graph.initializer, &plan) {
-                Some(m) => Some(m),
-                None => {
-                    nodes.push(node);
-                    continue;
-                }
-            },
         };
         let (more_initializers, more_nodes) =
             plan.nodes(&weight, bias.as_deref(), requant, &mut names);
@@ -1029,6 +1030,8 @@ pub(crate) mod tests {
         graph.initializer.retain(|t| t.name != "ys");
         graph.input.push(value("ys", D::Float, &[]));
         assert_eq!(integer_products_as_float(graph), 0);
+        // And no float weight is left behind for it.
+        assert!(graph.initializer.iter().all(|t| !t.name.ends_with("::f32")));
     }
 
     #[test]
