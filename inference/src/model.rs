@@ -460,7 +460,7 @@ pub(crate) fn names(specs: &[TensorSpec]) -> String {
 }
 
 /// ONNX's `TensorProto.DataLocation.EXTERNAL`.
-const EXTERNAL_DATA: i32 = 1;
+pub(crate) const EXTERNAL_DATA: i32 = 1;
 
 /// Whether any node (in any subgraph) is an integer matrix product.
 fn multiplies_integers(graph: &pb::GraphProto) -> bool {

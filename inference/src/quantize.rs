@@ -12,7 +12,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 /// The name tract gives its typed `DynamicQuantizeLinear`.
-pub(crate) const TRACT_OP: &str = "DynamicQuantizeLinearU8";
+const TRACT_OP: &str = "DynamicQuantizeLinearU8";
 
 /// Replaces every tract `DynamicQuantizeLinearU8` of a typed model with
 /// [`FastDynamicQuantize`]. Returns how many.
@@ -32,7 +32,7 @@ pub(crate) fn swap_in(model: &mut TypedModel) -> usize {
 /// tract computes them (ties to even; NaN inputs ignored by the range and
 /// quantized to the zero point).
 #[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
-pub(crate) struct FastDynamicQuantize;
+struct FastDynamicQuantize;
 
 impl Op for FastDynamicQuantize {
     fn name(&self) -> StaticName {
@@ -82,7 +82,7 @@ const LANES: usize = 8;
 
 /// The range of `xs` widened to include 0 (NaN ignored), then the scale and
 /// zero point exactly as tract computes them.
-pub(crate) fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
+fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
     // Lane-wise folds with the same strict comparisons as a sequential
     // fold: min and max over a set that starts at 0 and never takes a NaN
     // do not depend on the order.
@@ -117,7 +117,7 @@ pub(crate) fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
 /// degenerate case differs: when every |x| is below about 1e-43 the scale
 /// underflows to 0, x / scale is infinite, and tract's i32 addition
 /// overflows; this saturates, as ONNX defines.)
-pub(crate) fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
+fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
     // Adding and subtracting 1.5·2^23 rounds any |v| ≤ 2^22 to an integer,
     // ties to even (the FPU's default mode); clamping to ±256 first keeps v
     // in that range and saturates exactly as the i32 path does, since any
@@ -228,36 +228,27 @@ mod tests {
     #[test]
     fn the_op_replaces_tracts_in_a_loaded_graph() {
         use tract_onnx::pb;
-        let proto = pb::ModelProto {
-            ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(pb::GraphProto {
-                name: "g".into(),
-                node: vec![pb::NodeProto {
-                    op_type: "DynamicQuantizeLinear".into(),
-                    input: vec!["x".into()],
-                    output: vec!["y".into(), "s".into(), "z".into()],
-                    ..Default::default()
-                }],
-                input: vec![crate::rewrite::tests::value(
-                    "x",
-                    pb::tensor_proto::DataType::Float,
-                    &[2, 9],
-                )],
-                output: ["y", "s", "z"]
-                    .iter()
-                    .map(|n| pb::ValueInfoProto {
-                        name: (*n).into(),
-                        ..Default::default()
-                    })
-                    .collect(),
+        let proto = crate::rewrite::tests::graph_model(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                op_type: "DynamicQuantizeLinear".into(),
+                input: vec!["x".into()],
+                output: vec!["y".into(), "s".into(), "z".into()],
                 ..Default::default()
-            }),
+            }],
+            input: vec![crate::rewrite::tests::value(
+                "x",
+                pb::tensor_proto::DataType::Float,
+                &[2, 9],
+            )],
+            output: ["y", "s", "z"]
+                .iter()
+                .map(|n| pb::ValueInfoProto {
+                    name: (*n).into(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
-        };
+        });
         let typed = onnx()
             .model_for_proto_model(&proto)
             .unwrap()

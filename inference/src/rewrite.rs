@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType as D;
 
+use crate::model::EXTERNAL_DATA;
+
 /// `MatMulInteger` and `ConvInteger` with a weight zero point that is an
 /// all-zero initializer lose that input: ONNX reads a missing zero point
 /// as zero, and tract then skips the m×n correction it would otherwise
@@ -45,7 +47,7 @@ pub(crate) fn drop_zero_weight_zero_points(graph: &mut pb::GraphProto) -> usize 
 fn is_all_zero_integer(t: &pb::TensorProto) -> bool {
     let integer = t.data_type == D::Int8 as i32 || t.data_type == D::Uint8 as i32;
     integer
-        && t.data_location != Some(1)
+        && t.data_location != Some(EXTERNAL_DATA)
         && t.raw_data.iter().all(|b| *b == 0)
         && t.int32_data.iter().all(|v| *v == 0)
 }
@@ -472,63 +474,57 @@ fn float_weight(
     Some((weight, bias))
 }
 
-/// The values of an int32 initializer stored in the file.
-fn int32_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
-    if t.data_location == Some(1) || t.data_type != D::Int32 as i32 {
+/// The values of an initializer stored in the file: its little-endian
+/// `raw_data` read `size` bytes at a time, or else its typed field.
+fn stored<T>(
+    t: &pb::TensorProto,
+    size: usize,
+    from_raw: impl Fn(&[u8]) -> T,
+    typed: impl FnOnce() -> Vec<T>,
+) -> Option<Vec<T>> {
+    if t.data_location == Some(EXTERNAL_DATA) {
         return None;
     }
-    if !t.raw_data.is_empty() {
-        let chunks = t.raw_data.chunks_exact(4);
-        chunks.remainder().is_empty().then_some(())?;
-        Some(
-            chunks
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
-        )
-    } else {
-        Some(t.int32_data.iter().map(|v| *v as i64).collect())
+    if t.raw_data.is_empty() {
+        return Some(typed());
     }
+    let chunks = t.raw_data.chunks_exact(size);
+    chunks.remainder().is_empty().then_some(())?;
+    Some(chunks.map(from_raw).collect())
+}
+
+/// The values of an int32 initializer stored in the file.
+fn int32_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    (t.data_type == D::Int32 as i32).then_some(())?;
+    stored(
+        t,
+        4,
+        |c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64,
+        || t.int32_data.iter().map(|v| *v as i64).collect(),
+    )
 }
 
 /// The values of an f32 initializer stored in the file.
 fn float_values(t: &pb::TensorProto) -> Option<Vec<f32>> {
-    if t.data_location == Some(1) || t.data_type != D::Float as i32 {
-        return None;
-    }
-    if !t.raw_data.is_empty() {
-        let chunks = t.raw_data.chunks_exact(4);
-        chunks.remainder().is_empty().then_some(())?;
-        Some(
-            chunks
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
-    } else {
-        Some(t.float_data.clone())
-    }
+    (t.data_type == D::Float as i32).then_some(())?;
+    stored(
+        t,
+        4,
+        |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        || t.float_data.clone(),
+    )
 }
 
-/// The values of an int8 or uint8 initializer stored in the file.
+/// The values of an int8 or uint8 initializer stored in the file (ONNX
+/// keeps both in `int32_data` when not raw).
 fn integer_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
-    if t.data_location == Some(1) {
-        return None;
-    }
-    let signed = if t.data_type == D::Int8 as i32 {
-        true
+    let typed = || t.int32_data.iter().map(|v| *v as i64).collect();
+    if t.data_type == D::Int8 as i32 {
+        stored(t, 1, |b| b[0] as i8 as i64, typed)
     } else if t.data_type == D::Uint8 as i32 {
-        false
+        stored(t, 1, |b| b[0] as i64, typed)
     } else {
-        return None;
-    };
-    if !t.raw_data.is_empty() {
-        Some(
-            t.raw_data
-                .iter()
-                .map(|b| if signed { *b as i8 as i64 } else { *b as i64 })
-                .collect(),
-        )
-    } else {
-        Some(t.int32_data.iter().map(|v| *v as i64).collect())
+        None
     }
 }
 
@@ -602,9 +598,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// y = MatMulInteger(a uint8 [2,3], b int8 [3,2], a_zp uint8, b_zp int8 [2]).
-    fn model(b_zero_point: [u8; 2]) -> pb::ModelProto {
-        let b: [i8; 6] = [1, -2, 3, -4, 5, -6];
+    /// A model around `graph` (named "g"), at the opset the tests use.
+    pub(crate) fn graph_model(graph: pb::GraphProto) -> pb::ModelProto {
         pb::ModelProto {
             ir_version: 8,
             opset_import: vec![pb::OperatorSetIdProto {
@@ -613,26 +608,14 @@ pub(crate) mod tests {
             }],
             graph: Some(pb::GraphProto {
                 name: "g".into(),
-                node: vec![pb::NodeProto {
-                    op_type: "MatMulInteger".into(),
-                    input: vec!["a".into(), "b".into(), "a_zp".into(), "b_zp".into()],
-                    output: vec!["y".into()],
-                    ..Default::default()
-                }],
-                initializer: vec![
-                    initializer("b", D::Int8, &[3, 2], &b.map(|v| v as u8)),
-                    initializer("a_zp", D::Uint8, &[], &[3]),
-                    initializer("b_zp", D::Int8, &[2], &b_zero_point),
-                ],
-                input: vec![value("a", D::Uint8, &[2, 3])],
-                output: vec![value("y", D::Int32, &[2, 2])],
-                ..Default::default()
+                ..graph
             }),
             ..Default::default()
         }
     }
 
-    fn run(proto: &pb::ModelProto) -> Vec<i32> {
+    /// Runs `proto`, optimised, on one input; its first output's values.
+    fn run_one<T: Datum + Copy>(proto: &pb::ModelProto, input: Tensor) -> Vec<T> {
         let plan = onnx()
             .model_for_proto_model(proto)
             .unwrap()
@@ -640,15 +623,39 @@ pub(crate) mod tests {
             .unwrap()
             .into_runnable()
             .unwrap();
-        let a = tract_ndarray::Array2::<u8>::from_shape_vec((2, 3), vec![10, 20, 30, 40, 50, 60])
-            .unwrap();
-        let out = plan.run(tvec!(Tensor::from(a).into())).unwrap();
+        let out = plan.run(tvec!(input.into())).unwrap();
         out[0]
             .as_plain_ram()
             .unwrap()
-            .as_slice::<i32>()
+            .as_slice::<T>()
             .unwrap()
             .to_vec()
+    }
+
+    /// y = MatMulInteger(a uint8 [2,3], b int8 [3,2], a_zp uint8, b_zp int8 [2]).
+    fn model(b_zero_point: [u8; 2]) -> pb::ModelProto {
+        let b: [i8; 6] = [1, -2, 3, -4, 5, -6];
+        graph_model(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                op_type: "MatMulInteger".into(),
+                input: vec!["a".into(), "b".into(), "a_zp".into(), "b_zp".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            initializer: vec![
+                initializer("b", D::Int8, &[3, 2], &b.map(|v| v as u8)),
+                initializer("a_zp", D::Uint8, &[], &[3]),
+                initializer("b_zp", D::Int8, &[2], &b_zero_point),
+            ],
+            input: vec![value("a", D::Uint8, &[2, 3])],
+            output: vec![value("y", D::Int32, &[2, 2])],
+            ..Default::default()
+        })
+    }
+
+    fn run(proto: &pb::ModelProto) -> Vec<i32> {
+        let a = Tensor::from_shape(&[2, 3], &[10u8, 20, 30, 40, 50, 60]).unwrap();
+        run_one(proto, a)
     }
 
     #[test]
@@ -697,35 +704,26 @@ pub(crate) mod tests {
             },
         ];
         let (k, n) = (k as i64, n as i64);
-        pb::ModelProto {
-            ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(pb::GraphProto {
-                name: "g".into(),
-                node: nodes,
-                initializer: vec![
-                    initializer(
-                        "w",
-                        D::Int8,
-                        &[k, n],
-                        &w.iter().map(|v| *v as u8).collect::<Vec<_>>(),
-                    ),
-                    initializer(
-                        "w_zp",
-                        D::Int8,
-                        &[w_zp.len() as i64],
-                        &w_zp.iter().map(|v| *v as u8).collect::<Vec<_>>(),
-                    ),
-                ],
-                input: vec![value("x", D::Float, &[3, k])],
-                output: vec![value("y", D::Int32, &[3, n])],
-                ..Default::default()
-            }),
+        graph_model(pb::GraphProto {
+            node: nodes,
+            initializer: vec![
+                initializer(
+                    "w",
+                    D::Int8,
+                    &[k, n],
+                    &w.iter().map(|v| *v as u8).collect::<Vec<_>>(),
+                ),
+                initializer(
+                    "w_zp",
+                    D::Int8,
+                    &[w_zp.len() as i64],
+                    &w_zp.iter().map(|v| *v as u8).collect::<Vec<_>>(),
+                ),
+            ],
+            input: vec![value("x", D::Float, &[3, k])],
+            output: vec![value("y", D::Int32, &[3, n])],
             ..Default::default()
-        }
+        })
     }
 
     /// A deterministic spread of values (no rand dependency needed).
@@ -742,21 +740,7 @@ pub(crate) mod tests {
     }
 
     fn run_float(proto: &pb::ModelProto, k: usize, x: &[f32]) -> Vec<i32> {
-        let plan = onnx()
-            .model_for_proto_model(proto)
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap();
-        let x = tract_ndarray::Array2::<f32>::from_shape_vec((3, k), x.to_vec()).unwrap();
-        let out = plan.run(tvec!(Tensor::from(x).into())).unwrap();
-        out[0]
-            .as_plain_ram()
-            .unwrap()
-            .as_slice::<i32>()
-            .unwrap()
-            .to_vec()
+        run_one(proto, Tensor::from_shape(&[3, k], x).unwrap())
     }
 
     fn weights(len: usize, seed: u64) -> Vec<i8> {
@@ -861,21 +845,7 @@ pub(crate) mod tests {
         assert!(graph.node.iter().any(|n| n.op_type == "Conv"));
         assert!(graph.node.iter().all(|n| n.op_type != "ConvInteger"));
         let run = |proto: &pb::ModelProto, x: &[f32]| -> Vec<i32> {
-            let plan = onnx()
-                .model_for_proto_model(proto)
-                .unwrap()
-                .into_optimized()
-                .unwrap()
-                .into_runnable()
-                .unwrap();
-            let x = tract_ndarray::Array4::<f32>::from_shape_vec((1, 2, 5, 5), x.to_vec()).unwrap();
-            let out = plan.run(tvec!(Tensor::from(x).into())).unwrap();
-            out[0]
-                .as_plain_ram()
-                .unwrap()
-                .as_slice::<i32>()
-                .unwrap()
-                .to_vec()
+            run_one(proto, Tensor::from_shape(&[1, 2, 5, 5], x).unwrap())
         };
         for seed in 0..20 {
             // Positive-only inputs make the zero point 0; mixed ones do not,
@@ -939,55 +909,32 @@ pub(crate) mod tests {
                 },
             ];
         }
-        let proto = pb::ModelProto {
-            ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(pb::GraphProto {
-                name: "g".into(),
-                node: vec![
-                    pb::NodeProto {
-                        op_type: "QuantizeLinear".into(),
-                        input: vec!["x".into(), "xs".into(), "xz".into()],
-                        output: vec!["xq".into()],
-                        ..Default::default()
-                    },
-                    pb::NodeProto {
-                        op_type: if conv { "QLinearConv" } else { "QLinearMatMul" }.into(),
-                        input: inputs,
-                        output: vec!["y".into()],
-                        attribute,
-                        ..Default::default()
-                    },
-                ],
-                initializer: initializers,
-                input: vec![value("x", D::Float, &x_dims)],
-                output: vec![value("y", D::Uint8, &y_dims)],
-                ..Default::default()
-            }),
+        let proto = graph_model(pb::GraphProto {
+            node: vec![
+                pb::NodeProto {
+                    op_type: "QuantizeLinear".into(),
+                    input: vec!["x".into(), "xs".into(), "xz".into()],
+                    output: vec!["xq".into()],
+                    ..Default::default()
+                },
+                pb::NodeProto {
+                    op_type: if conv { "QLinearConv" } else { "QLinearMatMul" }.into(),
+                    input: inputs,
+                    output: vec!["y".into()],
+                    attribute,
+                    ..Default::default()
+                },
+            ],
+            initializer: initializers,
+            input: vec![value("x", D::Float, &x_dims)],
+            output: vec![value("y", D::Uint8, &y_dims)],
             ..Default::default()
-        };
+        });
         (proto, x_dims.iter().map(|d| *d as usize).collect())
     }
 
     fn run_u8(proto: &pb::ModelProto, dims: &[usize], x: &[f32]) -> Vec<u8> {
-        let plan = onnx()
-            .model_for_proto_model(proto)
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap();
-        let x = Tensor::from_shape(dims, x).unwrap();
-        let out = plan.run(tvec!(x.into())).unwrap();
-        out[0]
-            .as_plain_ram()
-            .unwrap()
-            .as_slice::<u8>()
-            .unwrap()
-            .to_vec()
+        run_one(proto, Tensor::from_shape(dims, x).unwrap())
     }
 
     #[test]
