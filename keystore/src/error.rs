@@ -25,8 +25,8 @@ pub enum Error {
     /// root: the data directory comes from another TPM (or another software
     /// root key), or the TPM was cleared.
     #[error(
-        "this data directory was sealed by a different TPM (or the TPM was cleared); \
-         it cannot be opened on this device"
+        "this data directory was sealed by a different TPM (or the TPM was cleared, or a \
+         factory reset destroyed its root key); it cannot be opened on this device"
     )]
     ForeignDevice,
 

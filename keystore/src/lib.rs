@@ -29,8 +29,12 @@ mod error;
 mod fsutil;
 mod store;
 
-pub use backend::{BackendKind, InsecureSoftwareBackend, KeyBackend, PcrSelection, TpmBackend};
+pub use backend::{
+    BackendKind, IdentityKey, InsecureSoftwareBackend, KeyBackend, PcrSelection, TpmBackend,
+};
 pub use blob::{BlobReader, BlobWriter, CHUNK_LEN};
 pub use crypto::SecretKey;
 pub use error::{Error, Result};
-pub use store::{DEFAULT_CACHE_BYTES, MAX_ID_LEN, MAX_VALUE_LEN, Store, Tree, Value};
+pub use store::{
+    DEFAULT_CACHE_BYTES, MAX_ID_LEN, MAX_VALUE_LEN, Reset, Store, Tree, Value, factory_reset,
+};

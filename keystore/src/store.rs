@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use zeroize::Zeroizing;
 
-use crate::backend::{BackendKind, KeyBackend};
+use crate::backend::{BackendKind, IdentityKey, KeyBackend};
 use crate::crypto::{AeadKey, IdHasher, NONCE_LEN, SecretKey, TAG_LEN, fill_random, random_nonce};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -229,6 +229,18 @@ impl Store {
     /// The backend protecting this store.
     pub fn backend_kind(&self) -> BackendKind {
         self.shared.lock_hierarchy().backend.kind()
+    }
+
+    /// Creates a new identity key with the backend (inside the TPM, for the
+    /// TPM backend) and returns its blob, for the caller to keep as a record.
+    pub fn create_identity_key(&self) -> Result<Vec<u8>> {
+        self.shared.lock_hierarchy().backend.create_identity_key()
+    }
+
+    /// Opens an identity key from a blob made by
+    /// [`Store::create_identity_key`].
+    pub fn open_identity_key(&self, blob: &[u8]) -> Result<Arc<dyn IdentityKey>> {
+        self.shared.lock_hierarchy().backend.open_identity_key(blob)
     }
 
     /// The data directory.
@@ -578,6 +590,54 @@ impl Tree {
 /// ago: sled 0.34 releases its file lock from a background thread after
 /// `Drop` returns (spacejam/sled#1234), so an immediate reopen in the same
 /// process can see its own previous handle.
+/// What [`factory_reset`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    /// The backend destroyed the root of the key hierarchy (the TPM's root
+    /// key, or the software root key file): every copy of the data is now
+    /// unreadable, wherever it is.
+    pub root_destroyed: bool,
+    /// A store was found in the directory (and removed).
+    pub store_found: bool,
+}
+
+/// Crypto-shreds the store in `dir`: the backend destroys the root its KEK
+/// is sealed under (and under which the identity key was made), then the
+/// store's files are removed. Needs no unsealing, so it works when the PCR
+/// policy no longer lets the store open. The store must not be open.
+pub fn factory_reset(dir: &Path, mut backend: Box<dyn KeyBackend>) -> Result<Reset> {
+    let db_dir = dir.join("db");
+    let mut reset = Reset {
+        root_destroyed: false,
+        store_found: db_dir.exists(),
+    };
+    if reset.store_found {
+        let sealed = {
+            let db = open_db(&db_dir, DEFAULT_CACHE_BYTES)?;
+            let keys = db.open_tree("keys")?;
+            keys.get(SEALED_KEK)?
+        };
+        if let Some(sealed) = sealed {
+            let (kind, _, blob) = parse_sealed_kek(&sealed)?;
+            if kind != backend.kind() {
+                return Err(Error::BackendMismatch {
+                    found: kind.name(),
+                    expected: backend.kind().name(),
+                });
+            }
+            reset.root_destroyed = backend.destroy(blob)?;
+        }
+    }
+    for sub in ["db", "blobs"] {
+        match std::fs::remove_dir_all(dir.join(sub)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(dir.join(sub), e)),
+        }
+    }
+    Ok(reset)
+}
+
 fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
     const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
     let started = std::time::Instant::now();

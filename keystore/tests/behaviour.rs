@@ -398,3 +398,42 @@ fn a_store_in_use_is_reported_as_such() {
     drop(store);
     drop(fx.open());
 }
+
+both_backends!(a_factory_reset_makes_every_copy_unreadable, |fx| {
+    let store = fx.open();
+    store.tree("t", "p").unwrap().put(b"id", b"secret").unwrap();
+    let identity = store.create_identity_key().unwrap();
+    let key = store.open_identity_key(&identity).unwrap();
+    key.sign(b"before").unwrap();
+    drop(store);
+    // What a disk image taken before the reset would hold.
+    let image = fx.root().join("image");
+    copy_dir(&fx.data_dir(), &image);
+
+    let reset = keystore::factory_reset(&fx.data_dir(), fx.backend()).unwrap();
+    assert!(reset.root_destroyed && reset.store_found, "{reset:?}");
+    assert!(!fx.data_dir().join("db").exists());
+
+    let err = keystore::Store::open(&image, fx.backend()).unwrap_err();
+    assert!(matches!(err, Error::ForeignDevice), "{err:?}");
+    if fx.kind == Kind::Tpm {
+        let err = key.sign(b"after").unwrap_err();
+        assert!(matches!(err, Error::ForeignDevice), "{err:?}");
+    }
+    // The next start is a new, empty store.
+    let store = fx.open();
+    assert_eq!(store.tree("t", "p").unwrap().get(b"id").unwrap(), None);
+});
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -11,6 +11,8 @@ mod tpm;
 pub use soft::InsecureSoftwareBackend;
 pub use tpm::{PcrSelection, TpmBackend};
 
+use std::sync::Arc;
+
 use crate::crypto::SecretKey;
 use crate::error::Result;
 
@@ -67,4 +69,36 @@ pub trait KeyBackend: Send {
     /// met and [`crate::Error::ForeignDevice`] when the blob was sealed by
     /// another device.
     fn unseal(&mut self, sealed: &[u8]) -> Result<SecretKey>;
+
+    /// Creates a new ECDSA P-256 identity key (the appliance's TLS key) and
+    /// returns an opaque blob to keep in the store. The TPM backend creates
+    /// it inside the TPM, under the store's root key, and the blob holds
+    /// only the TPM's own wrapping of it. Needs a store opened (or created)
+    /// with this backend first.
+    fn create_identity_key(&mut self) -> Result<Vec<u8>>;
+
+    /// Opens an identity key from a blob made by
+    /// [`KeyBackend::create_identity_key`].
+    fn open_identity_key(&self, blob: &[u8]) -> Result<Arc<dyn IdentityKey>>;
+
+    /// Destroys, for good, what makes `sealed` (a blob from
+    /// [`KeyBackend::seal`]) and every identity key made beside it usable:
+    /// the store's root key in the TPM, or the software root key file.
+    /// Returns false when there was nothing of it left to destroy.
+    fn destroy(&mut self, sealed: &[u8]) -> Result<bool>;
+}
+
+/// An ECDSA P-256 signing key whose private part the backend holds: in the
+/// TPM (never exported) or, with the insecure software backend, in memory.
+pub trait IdentityKey: Send + Sync + std::fmt::Debug {
+    /// The public key as an uncompressed SEC1 point (`04 || x || y`).
+    fn public_point(&self) -> &[u8];
+
+    /// ECDSA P-256 over SHA-256 of `message`, as an ASN.1 DER
+    /// `Ecdsa-Sig-Value`. Blocking: the TPM signs in milliseconds (a
+    /// hardware TPM in tens of milliseconds).
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+
+    /// Where the private key lives, for logs.
+    fn holder(&self) -> &'static str;
 }
