@@ -2,7 +2,11 @@
 //! needed on the build machine) and generates tonic clients and servers.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/inference.proto", "proto/admin.proto"];
+    let protos = [
+        "proto/inference.proto",
+        "proto/admin.proto",
+        "proto/enroll.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -42,6 +42,26 @@ pub struct Config {
     /// How long the audit log keeps records.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// First start without an identity: the enrollment code.
+    #[serde(default)]
+    pub enrollment: EnrollmentConfig,
+}
+
+/// Enrollment mode (first start, or after a factory reset).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentConfig {
+    /// How long an enrollment code is valid, in seconds; an expired code is
+    /// replaced by a new one, shown on the console and in the log.
+    pub code_lifetime_s: u64,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        EnrollmentConfig {
+            code_lifetime_s: 15 * 60,
+        }
+    }
 }
 
 /// Audit retention: records beyond either bound are pruned (a checkpoint
@@ -374,6 +394,9 @@ impl Config {
         }
         if self.inference.queue == 0 {
             return Err("inference.queue: must be at least 1".into());
+        }
+        if self.enrollment.code_lifetime_s == 0 || self.enrollment.code_lifetime_s > 7 * 86_400 {
+            return Err("enrollment.code_lifetime_s: must be between 1 and 604800".into());
         }
         let rate = self.limits.default_rate_per_second;
         if !rate.is_finite() || rate <= 0.0 || self.limits.default_burst == 0 {

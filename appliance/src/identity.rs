@@ -1,28 +1,31 @@
-//! Identities: the appliance's own (its TLS key, kept only in the keystore,
-//! its certificate, the site's client CA and CRL) and its clients' (the
-//! SPIFFE URI in their certificates).
+//! Identities: the appliance's own (its TLS identity key, held by the key
+//! backend — inside the TPM — its certificate, the site's client CA and CRL)
+//! and its clients' (the SPIFFE URI in their certificates).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use keystore::Store;
-use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use keystore::{IdentityKey, Store};
+use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::*;
-use zeroize::Zeroizing;
 
 use crate::error::AppError;
 
 const TREE: &str = "identity";
 const PURPOSE: &str = "identity";
-const KEY: &[u8] = b"tls-key";
+/// The PKCS#8 TLS key an earlier version kept in the store (refused now).
+const LEGACY_KEY: &[u8] = b"tls-key";
+/// The key backend's blob of the identity key (the TPM's own wrapping).
+const IDENTITY_KEY: &[u8] = b"identity-key";
 const CERT: &[u8] = b"tls-certificate";
 const CLIENT_CA: &[u8] = b"client-ca";
 const CRL: &[u8] = b"crl";
 
-/// What the appliance serves TLS with. The private key exists only here
-/// and, wrapped, in the keystore.
+/// What the appliance serves TLS with. The private key never leaves the
+/// key backend (the TPM); this holds a handle that asks it to sign.
 pub struct ServerIdentity {
-    /// PKCS#8 DER of the TLS key.
-    pub key: Zeroizing<Vec<u8>>,
+    /// The identity key.
+    pub key: Arc<dyn IdentityKey>,
     /// The appliance certificate.
     pub certificate: CertificateDer<'static>,
     /// The site CA that issues client certificates.
@@ -42,54 +45,122 @@ impl std::fmt::Debug for ServerIdentity {
     }
 }
 
-/// Creates the TLS key inside the keystore (replacing any earlier one) and
-/// returns a PEM certificate signing request for `dns` names and `ips`.
+/// The identity key, created by the key backend (inside the TPM) on first
+/// use and kept there; the store holds only the backend's blob of it.
+pub fn identity_key(store: &Store) -> Result<Arc<dyn IdentityKey>, AppError> {
+    let tree = store.tree(TREE, PURPOSE)?;
+    if let Some(blob) = tree.get(IDENTITY_KEY)? {
+        return Ok(store.open_identity_key(&blob)?);
+    }
+    let blob = store.create_identity_key()?;
+    tree.put(IDENTITY_KEY, &blob)?;
+    let key = store.open_identity_key(&blob)?;
+    tracing::info!(holder = key.holder(), "identity key created");
+    Ok(key)
+}
+
+/// Whether an appliance certificate is installed (enrollment is done).
+pub fn is_enrolled(store: &Store) -> Result<bool, AppError> {
+    Ok(store.tree(TREE, PURPOSE)?.get(CERT)?.is_some())
+}
+
+/// The identity key as rcgen signs with it: CSRs and the enrollment
+/// certificate are signed inside the TPM.
+struct RcgenKey<'a>(&'a dyn IdentityKey);
+
+impl rcgen::PublicKeyData for RcgenKey<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.public_point()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for RcgenKey<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.0.sign(msg).map_err(|e| {
+            // rcgen's error carries no detail: say here why.
+            tracing::error!(error = %e, "the identity key could not sign");
+            rcgen::Error::RemoteKeyError
+        })
+    }
+}
+
+/// The SubjectPublicKeyInfo DER of the identity key.
+pub fn public_key_info(key: &dyn IdentityKey) -> Vec<u8> {
+    rcgen::PublicKeyData::subject_public_key_info(&RcgenKey(key))
+}
+
+/// A PEM certificate signing request for the identity key (created on first
+/// use), naming `dns` names and `ips`.
 pub fn create_csr(
     store: &Store,
     dns: &[String],
     ips: &[std::net::IpAddr],
 ) -> Result<String, AppError> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| AppError::Internal(format!("key generation: {e}")))?;
+    let key = identity_key(store)?;
     let mut params = rcgen::CertificateParams::new(dns.to_vec())
-        .map_err(|e| AppError::InvalidArgument(format!("--dns: {e}")))?;
+        .map_err(|e| AppError::InvalidArgument(format!("DNS name: {e}")))?;
     params
         .subject_alt_names
         .extend(ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
-    let csr = params
-        .serialize_request(&key)
+    params
+        .serialize_request(&RcgenKey(key.as_ref()))
         .and_then(|r| r.pem())
-        .map_err(|e| AppError::Internal(format!("CSR: {e}")))?;
-    let der = Zeroizing::new(key.serialize_der());
-    store.tree(TREE, PURPOSE)?.put(KEY, &der)?;
-    Ok(csr)
+        .map_err(|e| AppError::Internal(format!("CSR: {e}")))
+}
+
+/// The certificate an appliance in enrollment mode serves: self-signed by
+/// the identity key. The operator's tool pins its SHA-256 fingerprint.
+pub fn enrollment_certificate(key: &dyn IdentityKey) -> Result<CertificateDer<'static>, AppError> {
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "appliance in enrollment mode");
+    let now = ::time::OffsetDateTime::now_utc();
+    params.not_before = now - ::time::Duration::hours(1);
+    params.not_after = now + ::time::Duration::days(365);
+    params
+        .self_signed(&RcgenKey(key))
+        .map(|c| c.der().clone())
+        .map_err(|e| AppError::Internal(format!("enrollment certificate: {e}")))
+}
+
+/// The `SHA256:` fingerprint of a certificate as shown to operators:
+/// colon-separated upper-case hex of the SHA-256 of its DER.
+pub fn fingerprint(certificate: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, certificate);
+    let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    format!("SHA256:{}", hex.join(":"))
+}
+
+/// Checks, without installing, what [`install`] would install.
+pub fn check_install(
+    store: &Store,
+    certificate_pem: &[u8],
+    ca_pem: &[u8],
+) -> Result<(String, String), AppError> {
+    let key = identity_key(store)?;
+    let certificate = one_pem(certificate_pem, "CERTIFICATE", "the certificate")?;
+    let ca = one_pem(ca_pem, "CERTIFICATE", "the CA certificate")?;
+    check_server_certificate(&certificate, &ca, &public_key_info(key.as_ref()))
 }
 
 /// Installs the appliance certificate and the site CA after checking that
-/// the certificate is for the key in the keystore, is signed by the CA, and
-/// names this appliance with a SPIFFE URI. Returns (site, appliance id).
+/// the certificate is for the identity key, is signed by the CA, and names
+/// this appliance with a SPIFFE URI. Returns (site, appliance id).
 pub fn install(
     store: &Store,
     certificate_pem: &[u8],
     ca_pem: &[u8],
 ) -> Result<(String, String), AppError> {
-    let tree = store.tree(TREE, PURPOSE)?;
-    let key_der = tree.get(KEY)?.ok_or_else(|| {
-        AppError::InvalidArgument(
-            "no TLS key in the keystore: run `appliance identity csr` first".into(),
-        )
-    })?;
+    let (site, id) = check_install(store, certificate_pem, ca_pem)?;
     let certificate = one_pem(certificate_pem, "CERTIFICATE", "the certificate")?;
     let ca = one_pem(ca_pem, "CERTIFICATE", "the CA certificate")?;
-    let key = rcgen::KeyPair::try_from(key_der.as_slice())
-        .map_err(|e| AppError::Internal(format!("stored TLS key: {e}")))?;
-    let (site, id) = check_server_certificate(
-        &certificate,
-        &ca,
-        &rcgen::PublicKeyData::subject_public_key_info(&key),
-    )?;
     let batch: [(&[u8], &[u8]); 2] = [(CERT, &certificate), (CLIENT_CA, &ca)];
-    tree.put_all(batch)?;
+    store.tree(TREE, PURPOSE)?.put_all(batch)?;
     Ok((site, id))
 }
 
@@ -98,30 +169,36 @@ pub fn load(store: &Store) -> Result<ServerIdentity, AppError> {
     let tree = store.tree(TREE, PURPOSE)?;
     let missing = |what: &str| {
         AppError::InvalidArgument(format!(
-            "no {what} installed: run `appliance identity csr`, have the site CA sign it \
-             (`provision appliance issue --csr`), then `appliance identity install`"
+            "no {what} installed: start the appliance to enroll it over the network \
+             (`provision device enroll`), or run `appliance identity csr`, have the site CA \
+             sign it (`provision appliance issue --csr`), then `appliance identity install`"
         ))
     };
-    let key = tree.get(KEY)?.ok_or_else(|| missing("TLS key"))?;
+    if tree.get(IDENTITY_KEY)?.is_none() && tree.get(LEGACY_KEY)?.is_some() {
+        return Err(AppError::InvalidArgument(
+            "this appliance's TLS key was kept in the store by an earlier version; the key \
+             now lives in the TPM: run `appliance identity csr` and install a new certificate"
+                .into(),
+        ));
+    }
     let certificate = tree.get(CERT)?.ok_or_else(|| missing("certificate"))?;
     let ca = tree.get(CLIENT_CA)?.ok_or_else(|| missing("client CA"))?;
+    let key = identity_key(store)?;
     let (_, cert) = X509Certificate::from_der(&certificate)
         .map_err(|e| AppError::Internal(format!("stored certificate: {e}")))?;
+    if cert.public_key().raw != public_key_info(key.as_ref()).as_slice() {
+        return Err(AppError::Internal(
+            "the installed certificate is not for the identity key".into(),
+        ));
+    }
     let (site, appliance_id) = spiffe_of(&cert, ident::Kind::Appliance)?;
     Ok(ServerIdentity {
-        key: Zeroizing::new(key.to_vec()),
+        key,
         certificate: CertificateDer::from(certificate.to_vec()),
         client_ca: CertificateDer::from(ca.to_vec()),
         site,
         appliance_id,
     })
-}
-
-impl ServerIdentity {
-    /// The key in the form rustls takes.
-    pub fn private_key(&self) -> PrivatePkcs8KeyDer<'static> {
-        PrivatePkcs8KeyDer::from(self.key.to_vec())
-    }
 }
 
 /// A parsed CRL: its DER (for the TLS verifier) and its revoked serials
@@ -245,7 +322,7 @@ fn check_server_certificate(
 }
 
 /// The DER of the first PEM block labelled `tag` in `bytes`.
-fn one_pem(bytes: &[u8], tag: &str, what: &str) -> Result<Vec<u8>, AppError> {
+pub(crate) fn one_pem(bytes: &[u8], tag: &str, what: &str) -> Result<Vec<u8>, AppError> {
     for block in Pem::iter_from_buffer(bytes) {
         let block =
             block.map_err(|e| AppError::InvalidArgument(format!("{what}: bad PEM: {e}")))?;

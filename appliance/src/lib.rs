@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod enroll;
 pub mod error;
 pub mod frames;
 pub mod grants;
@@ -41,18 +42,22 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::tls::TlsState;
 
-/// Opens the keystore with the configured backend (blocking: the TPM
-/// unseals here).
-pub fn open_store(config: &Config) -> Result<Store, AppError> {
-    let backend: Box<dyn KeyBackend> = match config.backend().map_err(AppError::InvalidArgument)? {
+/// The configured key backend (checks that the TPM answers).
+pub fn open_backend(config: &Config) -> Result<Box<dyn KeyBackend>, AppError> {
+    Ok(match config.backend().map_err(AppError::InvalidArgument)? {
         Backend::Tpm { tcti, pcrs } => Box::new(TpmBackend::new(&tcti, pcrs)?),
         Backend::InsecureSoftware { root_key } => {
             Box::new(InsecureSoftwareBackend::open(&root_key)?)
         }
-    };
+    })
+}
+
+/// Opens the keystore with the configured backend (blocking: the TPM
+/// unseals here).
+pub fn open_store(config: &Config) -> Result<Store, AppError> {
     Ok(Store::open_with_cache(
         &config.keystore.data_dir,
-        backend,
+        open_backend(config)?,
         config.keystore.cache_mb << 20,
     )?)
 }

@@ -53,6 +53,27 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Crypto-shred everything and return to enrollment mode (the daemon
+    /// must be stopped).
+    #[command(long_about = "Crypto-shred everything on this appliance.\n\n\
+        The TPM destroys the store's root key, under which the key-encryption key is sealed and \
+        the TLS identity key was made; every record, model and audit entry on the disk, and on \
+        any copy of it, becomes unreadable. The store's files and the audit archive are then \
+        deleted. The next start is in enrollment mode, with a new identity key; certificates \
+        issued to the old identity no longer match it.\n\n\
+        Asks you to type `factory reset` on the terminal, unless --confirm is given (scripts). \
+        The daemon must be stopped: a running one holds the store, and the command refuses.")]
+    FactoryReset {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Do not ask: confirm on the command line (for scripts).
+        #[arg(long)]
+        confirm: bool,
+        /// Allow the insecure software keystore.
+        #[arg(long)]
+        insecure_software_keystore: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +175,11 @@ fn main() -> ExitCode {
                     config,
                     insecure_software_keystore,
                 },
+        }
+        | Command::FactoryReset {
+            config,
+            insecure_software_keystore,
+            ..
         } => (config.clone(), *insecure_software_keystore),
     };
     let config = match Config::load(&config_path) {
@@ -199,6 +225,16 @@ fn main() -> ExitCode {
             update_root.as_deref(),
         ),
         Command::Audit { .. } => verify(&config),
+        Command::FactoryReset { confirm, .. } => {
+            if !confirm && !confirmed_on_terminal() {
+                eprintln!(
+                    "appliance: factory reset not confirmed (type `factory reset` at the prompt, \
+                     or pass --confirm)"
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+            factory_reset(&config)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,16 +261,22 @@ fn serve(config: Config) -> anyhow::Result<()> {
     rlimit::setrlimit(rlimit::Resource::CORE, 0, 0).context("disabling core dumps")?;
     let listen = config.server.listen;
     let store = appliance::open_store(&config).context("opening the keystore")?;
-    let (state, writer) = appliance::start(config, store)?;
+    // An enrolled appliance loads everything before it binds its port; one
+    // without an identity binds it for enrollment and loads afterwards.
+    let ready = if appliance::identity::is_enrolled(&store)? {
+        Some(appliance::start(config.clone(), store.clone())?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("appliance-io")
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
+    let writer = runtime.block_on(async move {
         // Handlers first: a SIGTERM that arrives once the address is
         // announced must mean a graceful stop, not the default death.
-        let shutdown = shutdown_signal().context("installing the SIGTERM/SIGINT handlers")?;
+        let stop = shutdown_signal().context("installing the SIGTERM/SIGINT handlers")?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -242,28 +284,102 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%address, "listening (mTLS only)");
         // On stdout for scripts and tests that start the daemon on port 0.
         println!("listening on {address}");
-        appliance::run(state, listener, shutdown).await;
-        anyhow::Ok(())
+        let (state, writer) = match ready {
+            Some(ready) => ready,
+            None => {
+                match appliance::enroll::run(config.clone(), store.clone(), &listener, stop.clone())
+                    .await?
+                {
+                    appliance::enroll::Outcome::Stopped => return anyhow::Ok(None),
+                    appliance::enroll::Outcome::Enrolled { site, appliance } => {
+                        tracing::info!(%site, %appliance, "leaving enrollment mode");
+                        println!("enrolled: appliance `{appliance}` of site `{site}`");
+                    }
+                }
+                tokio::task::spawn_blocking(move || appliance::start(config, store))
+                    .await
+                    .context("starting after enrollment")??
+            }
+        };
+        let mut stop = stop;
+        appliance::run(state, listener, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+        anyhow::Ok(Some(writer))
     })?;
     // Work still running on the blocking pool (a request whose connection
     // the grace period closed) must not hold the process.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-    writer.join();
+    if let Some(writer) = writer {
+        writer.join();
+    }
     Ok(())
 }
 
-/// Installs the SIGTERM and SIGINT handlers now; the future completes on
+/// Installs the SIGTERM and SIGINT handlers now; the value turns true on
 /// the first of either.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+fn shutdown_signal() -> std::io::Result<tokio::sync::watch::Receiver<bool>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-    })
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// Asks for `factory reset` on the terminal; false without a terminal.
+fn confirmed_on_terminal() -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return false;
+    }
+    eprint!(
+        "This destroys every key, record, model and audit entry of this appliance, for good.\n\
+         Type `factory reset` to go on: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).is_ok() && line.trim() == "factory reset"
+}
+
+fn factory_reset(config: &Config) -> anyhow::Result<()> {
+    let backend = appliance::open_backend(config).context("reaching the key backend")?;
+    let data = &config.keystore.data_dir;
+    let reset = keystore::factory_reset(data, backend)
+        .with_context(|| format!("resetting {} (is the daemon stopped?)", data.display()))?;
+    if reset.root_destroyed {
+        println!(
+            "the {} destroyed the store's root key: the identity key and every record, model \
+             and audit entry are unreadable, on this disk and on any copy of it",
+            match config.backend() {
+                Ok(Backend::Tpm { .. }) => "TPM",
+                _ => "software backend (its root key file was overwritten and removed)",
+            }
+        );
+    } else if reset.store_found {
+        println!("no root key was left to destroy; the store's files were removed");
+    } else {
+        println!("no store in {}; nothing to destroy", data.display());
+    }
+    if let Some(archive) = config.audit_retention().archive
+        && archive.exists()
+    {
+        std::fs::remove_dir_all(&archive)
+            .with_context(|| format!("removing the audit archive {}", archive.display()))?;
+        println!(
+            "removed the audit archive {} (plain files: copies of it are not covered)",
+            archive.display()
+        );
+    }
+    println!("factory reset done: the next start is in enrollment mode");
+    Ok(())
 }
 
 fn csr(

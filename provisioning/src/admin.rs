@@ -63,7 +63,7 @@ impl ApplianceAddress {
         self.port
     }
 
-    fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         match self.ip {
             Some(IpAddr::V6(v6)) => format!("https://[{v6}]:{}", self.port),
             _ => format!("https://{}:{}", self.host, self.port),
@@ -243,7 +243,7 @@ pub struct AdminSession {
     client: AdminClient<Channel>,
 }
 
-fn rpc_error(rpc: &'static str) -> impl FnOnce(tonic::Status) -> Error {
+pub(crate) fn rpc_error(rpc: &'static str) -> impl FnOnce(tonic::Status) -> Error {
     move |status| Error::Rpc {
         rpc,
         code: status.code(),
@@ -253,7 +253,7 @@ fn rpc_error(rpc: &'static str) -> impl FnOnce(tonic::Status) -> Error {
 
 /// An error and its causes on one line: tonic's transport errors say little
 /// at the top level ("transport error") and the reason sits underneath.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

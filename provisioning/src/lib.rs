@@ -29,6 +29,7 @@
 
 pub mod admin;
 mod cert;
+pub mod enroll;
 mod error;
 mod fsutil;
 pub mod grant;

@@ -18,7 +18,7 @@ use provisioning::{
     ApplianceId, CertificateRequest, ClientName, Passphrase, ServerNames, Site, SiteName,
     UnlockedSite, Validity,
 };
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tempfile::TempDir;
 use test_support::{Swtpm, Vendor, venv_python, workspace_root};
@@ -73,6 +73,7 @@ pub struct Appliance {
     pub config: PathBuf,
     /// Its log (stderr).
     pub log: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
     child: Option<Child>,
 }
 
@@ -114,11 +115,59 @@ impl Appliance {
         extra_config: &str,
         update_root: Option<&Path>,
     ) -> Appliance {
+        let mut fixture = Appliance::unenrolled(extra_server_config, extra_config);
+        // Enrollment by files: CSR from the appliance's TPM-held key, signed
+        // by the CA, installed. (`enrollment.rs` tests the network way.)
+        let config = fixture.config.clone();
+        let csr = config.with_file_name("appliance.csr");
+        run_ok(
+            appliance_cmd(&config)
+                .args([
+                    "identity",
+                    "csr",
+                    "--ip",
+                    "127.0.0.1",
+                    "--dns",
+                    "localhost",
+                    "--out",
+                ])
+                .arg(&csr),
+        );
+        let request = CertificateRequest::from_pem(&std::fs::read(&csr).unwrap(), &csr).unwrap();
+        let names =
+            ServerNames::new(&["localhost".to_owned()], &["127.0.0.1".parse().unwrap()]).unwrap();
+        let id: ApplianceId = "box-1".parse().unwrap();
+        let cert = fixture
+            .site
+            .issue_appliance_from_csr(&id, &names, request, Validity::days(30).unwrap())
+            .unwrap();
+        let cert_path = config.with_file_name("appliance-cert.pem");
+        std::fs::write(&cert_path, cert.cert_pem()).unwrap();
+        let mut install = appliance_cmd(&config);
+        install
+            .args(["identity", "install", "--cert"])
+            .arg(&cert_path)
+            .arg("--ca")
+            .arg(fixture.site.dir().join("ca.pem"))
+            .args(["--admin", ADMIN]);
+        if let Some(root) = update_root {
+            install.arg("--update-root").arg(root);
+        }
+        run_ok(&mut install);
+        fixture.launch();
+        fixture
+    }
+
+    /// An appliance with its site, TPM, configuration and admin client
+    /// bundle, never started: its first [`Appliance::launch`] is in
+    /// enrollment mode. `extra_server_config` and `extra_config` as for
+    /// [`Appliance::start_with`].
+    pub fn unenrolled(extra_server_config: &str, extra_config: &str) -> Appliance {
         let dir = tempfile::tempdir().unwrap();
         let tpm = Swtpm::start(&dir.path().join("swtpm"));
         let site_name: SiteName = SITE.parse().unwrap();
         let pass = Passphrase::new(PASSPHRASE.to_owned());
-        let mut site = Site::init(&dir.path().join("site"), &site_name, &pass).unwrap();
+        let site = Site::init(&dir.path().join("site"), &site_name, &pass).unwrap();
 
         let config = dir.path().join("appliance.toml");
         // Tests read the per-call log lines unless they say otherwise.
@@ -142,54 +191,88 @@ impl Appliance {
         let mut fixture = Appliance {
             dir,
             tpm,
-            site: {
-                // Enrollment: CSR from the appliance's keystore, signed by the CA.
-                let csr = config.with_file_name("appliance.csr");
-                run_ok(
-                    appliance_cmd(&config)
-                        .args([
-                            "identity",
-                            "csr",
-                            "--ip",
-                            "127.0.0.1",
-                            "--dns",
-                            "localhost",
-                            "--out",
-                        ])
-                        .arg(&csr),
-                );
-                let request =
-                    CertificateRequest::from_pem(&std::fs::read(&csr).unwrap(), &csr).unwrap();
-                let names =
-                    ServerNames::new(&["localhost".to_owned()], &["127.0.0.1".parse().unwrap()])
-                        .unwrap();
-                let id: ApplianceId = "box-1".parse().unwrap();
-                let cert = site
-                    .issue_appliance_from_csr(&id, &names, request, Validity::days(30).unwrap())
-                    .unwrap();
-                let cert_path = config.with_file_name("appliance-cert.pem");
-                std::fs::write(&cert_path, cert.cert_pem()).unwrap();
-                let mut install = appliance_cmd(&config);
-                install
-                    .args(["identity", "install", "--cert"])
-                    .arg(&cert_path)
-                    .arg("--ca")
-                    .arg(site.dir().join("ca.pem"))
-                    .args(["--admin", ADMIN]);
-                if let Some(root) = update_root {
-                    install.arg("--update-root").arg(root);
-                }
-                run_ok(&mut install);
-                site
-            },
+            site,
             address: "127.0.0.1:0".parse().unwrap(),
             config,
             log,
+            stdout: Arc::new(Mutex::new(Vec::new())),
             child: None,
         };
         fixture.client(ADMIN);
-        fixture.launch();
         fixture
+    }
+
+    /// Every line the daemon has printed on stdout, across launches.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 60 s) for a stdout line starting with `prefix` among
+    /// the lines after the first `after`; returns the rest of that line.
+    pub fn wait_for_line(&self, prefix: &str, after: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = self
+                .stdout_lines()
+                .iter()
+                .skip(after)
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_owned));
+            if let Some(rest) = found {
+                return rest;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{prefix}` line on stdout; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The enrollment certificate's fingerprint and the newest code the
+    /// daemon printed.
+    pub fn enrollment_prompt(&self) -> (String, String) {
+        let fingerprint = self.wait_for_line("enrollment mode: certificate fingerprint ", 0);
+        self.wait_for_line("enrollment code: ", 0);
+        let code = self
+            .stdout_lines()
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("enrollment code: "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        (fingerprint, code)
+    }
+
+    /// `provision device enroll` for this fixture (appliance `box-1`, names
+    /// 127.0.0.1 and localhost, admin [`ADMIN`], update root of
+    /// [`vendor`]), with `fingerprint` and `code`.
+    pub fn enroll(&self, fingerprint: &str, code: &str) -> Output {
+        Command::new(binary("provision"))
+            .args(["device", "enroll", "--site"])
+            .arg(self.site.dir())
+            .arg("--address")
+            .arg(self.address.to_string())
+            .args([
+                "--fingerprint",
+                fingerprint,
+                "--code",
+                code,
+                "--name",
+                "box-1",
+            ])
+            .args(["--ip", "127.0.0.1", "--dns", "localhost", "--admin", ADMIN])
+            .arg("--update-root")
+            .arg(vendor().root_json())
+            .env("PROVISION_PASSPHRASE", PASSPHRASE)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs an `appliance` maintenance command (`--config` added).
+    pub fn appliance(&self, args: &[&str]) -> Output {
+        appliance_cmd(&self.config).args(args).output().unwrap()
     }
 
     /// Starts the daemon and waits for its "listening on" line.
@@ -217,12 +300,14 @@ impl Appliance {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let lines = self.stdout.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(address) = line.strip_prefix("listening on ") {
                     let _ = tx.send(address.to_owned());
                 }
+                lines.lock().unwrap().push(line);
             }
         });
         let address = rx

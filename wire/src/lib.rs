@@ -16,6 +16,12 @@ pub mod admin {
     tonic::include_proto!("appliance.admin.v1");
 }
 
+/// `appliance.enroll.v1`: the only service of an appliance in enrollment
+/// mode.
+pub mod enroll {
+    tonic::include_proto!("appliance.enroll.v1");
+}
+
 /// The encoded `FileDescriptorSet` of `proto/` (for protocol conformance
 /// tests).
 pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

@@ -61,7 +61,10 @@ pub enum Command {
     /// Create or inspect a site: the directory holding the site CA.
     #[command(subcommand)]
     Site(SiteCmd),
-    /// Issue an appliance's TLS server certificate.
+    /// Enroll an appliance over the network (its first start).
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Issue an appliance's TLS server certificate (offline, from a CSR file).
     #[command(subcommand)]
     Appliance(ApplianceCmd),
     /// Issue, list and revoke client certificates.
@@ -122,6 +125,63 @@ pub enum SiteCmd {
         /// The site directory.
         #[arg(long, value_name = "DIR")]
         site: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCmd {
+    /// Enroll an appliance in enrollment mode: pin its fingerprint, spend its
+    /// code, certify its TPM key, install the site's trust on it.
+    #[command(
+        long_about = "Enroll an appliance that is in enrollment mode (its first start, or after \
+            `appliance factory-reset`). Its console and log show the SHA-256 fingerprint of the \
+            certificate it serves and a one-time enrollment code.\n\n\
+            This command connects over TLS 1.3 to --address, refuses any certificate but the one \
+            with --fingerprint (trust on first use: read the fingerprint off the appliance \
+            itself, not off the network), sends --code, receives a certificate signing request \
+            for the identity key the appliance made inside its TPM, signs it with the site CA \
+            (URI SAN spiffe://<site>/appliance/<name>, the --dns and --ip names, serverAuth), \
+            and installs on the appliance: that certificate, the site CA (for client \
+            certificates), the current CRL, the vendor's update root (--update-root) and an \
+            admin grant for --admin. The appliance then serves operationally on the same port.\n\n\
+            The code is single use and expires (15 minutes unless configured); after 5 wrong \
+            attempts the appliance replaces it and shows the new one.\n\n\
+            Reads: <site>/site.toml, ca.pem, ca.key.enc (needs the passphrase), crl.pem.\n\
+            Writes: a copy of the certificate in <site>/issued/.",
+        after_long_help = PASSPHRASE_HELP
+    )]
+    Enroll {
+        /// The site directory.
+        #[arg(long, value_name = "DIR")]
+        site: PathBuf,
+        /// The appliance's address, HOST:PORT (IPv6 as [ADDR]:PORT).
+        #[arg(long, value_name = "HOST:PORT")]
+        address: ApplianceAddress,
+        /// The fingerprint the appliance shows (SHA256:AB:CD:… or hex).
+        #[arg(long, value_name = "FINGERPRINT")]
+        fingerprint: provisioning::enroll::Fingerprint,
+        /// The enrollment code the appliance shows (dashes optional).
+        #[arg(long, value_name = "CODE")]
+        code: String,
+        /// The appliance id (a-z, 0-9, '.', '_', '-'; at most 63).
+        #[arg(long, value_name = "ID")]
+        name: ApplianceId,
+        /// A DNS name clients use to reach the appliance (repeatable; with no
+        /// --dns and no --ip, the host of --address).
+        #[arg(long, value_name = "NAME")]
+        dns: Vec<String>,
+        /// An IP address clients use to reach the appliance (repeatable).
+        #[arg(long, value_name = "ADDR")]
+        ip: Vec<IpAddr>,
+        /// The client (by certificate name) to grant the admin role.
+        #[arg(long, value_name = "CLIENT")]
+        admin: ClientName,
+        /// The vendor's TUF root.json: the trust anchor of signed model updates.
+        #[arg(long, value_name = "FILE")]
+        update_root: Option<PathBuf>,
+        /// Validity of the appliance certificate in days from now.
+        #[arg(long, value_name = "N", default_value_t = 365)]
+        days: u32,
     },
 }
 

@@ -43,6 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Site(cmd) => offline::site(cmd),
         Command::Appliance(cmd) => offline::appliance(cmd),
+        Command::Device(cmd) => online::run(online::device(cmd)),
         Command::Client(cmd) => offline::client(cmd),
         Command::Crl(CrlCmd::Push { site, conn }) => online::run(online::crl_push(site, conn)),
         Command::Crl(cmd) => offline::crl(cmd),

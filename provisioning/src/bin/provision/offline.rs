@@ -47,7 +47,7 @@ fn passphrase(confirm: bool) -> anyhow::Result<Passphrase> {
     Ok(first)
 }
 
-fn unlock(dir: &Path) -> anyhow::Result<UnlockedSite> {
+pub(crate) fn unlock(dir: &Path) -> anyhow::Result<UnlockedSite> {
     let site = Site::open(dir)?;
     Ok(site.unlock(&passphrase(false)?)?)
 }

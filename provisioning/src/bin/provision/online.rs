@@ -11,7 +11,7 @@ use provisioning::admin::{AdminCredentials, AdminSession};
 use provisioning::grant::{GrantSpec, Quota};
 use provisioning::{Error, Site};
 
-use crate::cli::{AuditCmd, Conn, GrantCmd, GrantSub, ModelCmd};
+use crate::cli::{AuditCmd, Conn, DeviceCmd, GrantCmd, GrantSub, ModelCmd};
 
 /// Largest model file read into memory for upload.
 const MAX_MODEL_FILE: u64 = 4 * 1024 * 1024 * 1024;
@@ -24,6 +24,61 @@ pub fn run(fut: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> 
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(fut)
+}
+
+pub async fn device(cmd: DeviceCmd) -> anyhow::Result<()> {
+    let DeviceCmd::Enroll {
+        site,
+        address,
+        fingerprint,
+        code,
+        name,
+        dns,
+        ip,
+        admin,
+        update_root,
+        days,
+    } = cmd;
+    let root = match &update_root {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        None => None,
+    };
+    let validity = provisioning::Validity::days(days)?;
+    // The passphrase first: a typo must not spend the code.
+    let mut site = crate::offline::unlock(&site)?;
+    let spec = provisioning::enroll::EnrollSpec {
+        address: &address,
+        fingerprint,
+        code: &code,
+        name: &name,
+        dns: &dns,
+        ips: &ip,
+        admin: &admin,
+        update_root: root.as_deref(),
+        validity,
+    };
+    let done = provisioning::enroll::enroll(&mut site, &spec).await?;
+    println!(
+        "enrolled appliance `{}` of site `{}` at {address} in {} ms (certificate serial {}; \
+         identity key {})",
+        done.appliance,
+        done.site,
+        done.took.as_millis(),
+        done.serial,
+        done.key_holder
+    );
+    println!("client `{admin}` has the admin role");
+    if done.update_root_version > 0 {
+        println!(
+            "update root installed (root version {})",
+            done.update_root_version
+        );
+    } else {
+        println!("no update root installed: signed model updates are refused until one is");
+    }
+    Ok(())
 }
 
 async fn connect(conn: &Conn) -> anyhow::Result<AdminSession> {
