@@ -523,6 +523,10 @@ mod tests {
                 "inference.queue",
             ),
             (
+                format!("{MINIMAL}\n[enrollment]\ncode_lifetime_s = 0\n"),
+                "enrollment.code_lifetime_s",
+            ),
+            (
                 MINIMAL.replace("[keystore]", "min_tls_version = \"1.1\"\n[keystore]"),
                 "server.min_tls_version",
             ),

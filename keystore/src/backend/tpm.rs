@@ -14,12 +14,12 @@
 //! from a fixed template, still unseal; the next KEK rotation moves them
 //! under a root.)
 //!
-//! The sealed KEK object's authorisation is a PolicyPCR digest with `userWithAuth` off: with it on,
-//! anyone could unseal with the (empty) password and the PCR policy would be
-//! silently bypassed.
+//! The sealed KEK object's authorisation is a PolicyPCR digest with
+//! `userWithAuth` off: with it on, anyone could unseal with the (empty)
+//! password and the PCR policy would be silently bypassed.
 //!
 //! Both directions travel encrypted between us and the TPM: sealing uses an
-//! HMAC session salted with the primary key and command parameter
+//! HMAC session salted with the parent key and command parameter
 //! encryption; unsealing uses a salted policy session with response
 //! encryption. A bus or socket sniffer sees no key material.
 //!
@@ -29,7 +29,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
