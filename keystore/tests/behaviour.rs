@@ -408,7 +408,7 @@ both_backends!(a_factory_reset_makes_every_copy_unreadable, |fx| {
     drop(store);
     // What a disk image taken before the reset would hold.
     let image = fx.root().join("image");
-    copy_dir(&fx.data_dir(), &image);
+    test_support::copy_dir(&fx.data_dir(), &image);
 
     let reset = keystore::factory_reset(&fx.data_dir(), fx.backend()).unwrap();
     assert!(reset.root_destroyed && reset.store_found, "{reset:?}");
@@ -424,16 +424,3 @@ both_backends!(a_factory_reset_makes_every_copy_unreadable, |fx| {
     let store = fx.open();
     assert_eq!(store.tree("t", "p").unwrap().get(b"id").unwrap(), None);
 });
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}

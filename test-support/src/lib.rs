@@ -71,6 +71,15 @@ pub fn files_under(dir: &std::path::Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// Copies `from` into `to` (created): a disk image taken at this moment.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for (path, bytes) in files_under(from) {
+        let target = to.join(path.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(target, bytes).unwrap();
+    }
+}
+
 /// Opens a keystore's sled database directly, under the store's back, to
 /// damage it on purpose. The store must be closed; sled may hold the lock
 /// of a handle dropped a moment ago for a little longer, so this retries.

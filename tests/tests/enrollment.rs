@@ -245,7 +245,7 @@ fn a_factory_reset_shreds_everything_and_returns_to_enrollment() {
     // What a disk image taken before the reset would hold.
     let data = app.dir.path().join("data");
     let image = app.dir.path().join("image");
-    copy_dir(&data, &image);
+    test_support::copy_dir(&data, &image);
 
     let out = app.appliance(&["factory-reset", "--confirm"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -279,17 +279,4 @@ fn a_factory_reset_shreds_everything_and_returns_to_enrollment() {
         .unwrap();
     assert!(!probe.status.success(), "{}", text(&probe));
     assert_eq!(ADMIN, "ops-admin");
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
