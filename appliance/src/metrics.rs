@@ -1,6 +1,10 @@
 //! Prometheus metrics: requests and errors by code, latency histograms per
 //! model, queue depth and connections. Served at `/metrics` on the mTLS
 //! port, to admin certificates only.
+//!
+//! Beside our own, the per-model counters Triton dashboards read, with
+//! Triton's names and labels (`model`, `version`) where the meaning is the
+//! same (see [`TRITON`] for which are exact and which differ).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -20,10 +24,73 @@ struct Histogram {
     sum: f64,
 }
 
+/// Triton's per-model counters: name, help text, and how ours relates.
+pub const TRITON: [(&str, &str); 7] = [
+    (
+        "nv_inference_request_success",
+        "Number of successful inference requests, all batch sizes (exact)",
+    ),
+    (
+        "nv_inference_request_failure",
+        "Number of failed inference requests, all batch sizes (exact for requests that named a \
+         loaded model; refusals before that, e.g. an unknown model, have no model label to count \
+         under)",
+    ),
+    (
+        "nv_inference_count",
+        "Number of inferences performed: the sum of the first input's first dimension over \
+         successful requests (exact for batching models)",
+    ),
+    (
+        "nv_inference_exec_count",
+        "Number of model executions performed: one per successful request (exact: the appliance \
+         does not batch requests together)",
+    ),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative inference request duration in microseconds, from the decoded request to the \
+         answer (exact; Triton's includes its own front end the same way)",
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative inference queuing duration in microseconds: waiting for an inference worker \
+         (exact; 0 for requests cheap enough to run inline)",
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute inference duration in microseconds (differs: includes reading the \
+         inputs and making the outputs, which Triton counts apart as compute_input and \
+         compute_output)",
+    ),
+];
+
+/// One finished inference request, for Triton's counters.
+#[derive(Debug, Clone, Copy)]
+pub struct Inference<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// The version that served (or refused) it.
+    pub version: u64,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Its batch size.
+    pub batch: u64,
+    /// From the decoded request to the answer.
+    pub request: Duration,
+    /// Waiting for a worker.
+    pub queue: Duration,
+    /// Running the model.
+    pub compute: Duration,
+}
+
+/// Triton's counters of one model version, in [`TRITON`]'s order.
+type TritonCounters = [u64; TRITON.len()];
+
 /// All counters of the process.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, &'static str), u64>>,
+    triton: Mutex<BTreeMap<(String, u64), TritonCounters>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     /// Open TLS connections.
     pub connections: AtomicI64,
@@ -63,9 +130,37 @@ impl Metrics {
         }
     }
 
+    /// Counts one inference request in Triton's per-model counters.
+    pub fn observe_inference(&self, i: &Inference<'_>) {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let mut triton = self.triton.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = triton.entry((i.model.to_owned(), i.version)).or_default();
+        if i.ok {
+            let add = [1, 0, i.batch, 1, us(i.request), us(i.queue), us(i.compute)];
+            for (c, a) in c.iter_mut().zip(add) {
+                *c = c.saturating_add(a);
+            }
+        } else {
+            c[1] = c[1].saturating_add(1);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self, queue_depth: usize, models_ready: usize) -> String {
         let mut out = String::new();
+        {
+            let triton = self.triton.lock().unwrap_or_else(PoisonError::into_inner);
+            for (i, (name, help)) in TRITON.iter().enumerate() {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for ((model, version), c) in triton.iter() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{model=\"{model}\",version=\"{version}\"}} {}",
+                        c[i]
+                    );
+                }
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP appliance_requests_total Calls by RPC and status code."
@@ -172,5 +267,41 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triton_counters_add_up_per_model_version() {
+        let m = Metrics::default();
+        let ms = Duration::from_millis;
+        for (version, ok, batch) in [(1, true, 4), (1, true, 1), (1, false, 2), (2, true, 8)] {
+            m.observe_inference(&Inference {
+                model: "digits",
+                version,
+                ok,
+                batch,
+                request: ms(10),
+                queue: ms(2),
+                compute: ms(7),
+            });
+        }
+        let text = m.render(0, 1);
+        for line in [
+            "nv_inference_request_success{model=\"digits\",version=\"1\"} 2",
+            "nv_inference_request_failure{model=\"digits\",version=\"1\"} 1",
+            "nv_inference_count{model=\"digits\",version=\"1\"} 5",
+            "nv_inference_exec_count{model=\"digits\",version=\"1\"} 2",
+            "nv_inference_request_duration_us{model=\"digits\",version=\"1\"} 20000",
+            "nv_inference_queue_duration_us{model=\"digits\",version=\"1\"} 4000",
+            "nv_inference_compute_infer_duration_us{model=\"digits\",version=\"1\"} 14000",
+            "nv_inference_count{model=\"digits\",version=\"2\"} 8",
+            "# TYPE nv_inference_request_success counter",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

@@ -176,25 +176,50 @@ fn response_of(model: &Model, id: String, outputs: Vec<OutputTensor>) -> ModelIn
     }
 }
 
+/// Where an inference's time went: waiting for a worker, then running.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    queue: std::time::Duration,
+    compute: std::time::Duration,
+}
+
 impl InferenceService {
     async fn infer(
         &self,
         model: Arc<Model>,
         call: InferCall,
+        timing: &mut Timing,
     ) -> Result<Vec<OutputTensor>, AppError> {
         // A request expected to take less than a thread hand-off costs runs
         // right here; the pool's two wake-ups would triple its latency.
         if call_is_cheap(&model, &call) {
-            return call.run(&model).map_err(AppError::from);
+            let started = std::time::Instant::now();
+            let outputs = call.run(&model);
+            timing.compute = started.elapsed();
+            return outputs.map_err(AppError::from);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = std::time::Instant::now();
         self.state.pool.try_submit(move || {
-            let _ = tx.send(call.run(&model));
+            let started = std::time::Instant::now();
+            let outputs = call.run(&model);
+            let _ = tx.send((outputs, started - submitted, started.elapsed()));
         })?;
-        rx.await
-            .map_err(|_| AppError::Internal("the inference worker failed".into()))?
-            .map_err(AppError::from)
+        let (outputs, queue, compute) = rx
+            .await
+            .map_err(|_| AppError::Internal("the inference worker failed".into()))?;
+        *timing = Timing { queue, compute };
+        outputs.map_err(AppError::from)
     }
+}
+
+/// The batch size Triton counts for a request: the first input's first
+/// dimension (1 for a scalar input or none).
+fn batch_of(call: &InferCall) -> u64 {
+    call.inputs
+        .first()
+        .and_then(|i| i.shape.first())
+        .map_or(1, |&n| u64::try_from(n).unwrap_or(1))
 }
 
 /// Requests whose expected cost is below this run on the async thread that
@@ -351,14 +376,34 @@ impl GrpcInferenceService for InferenceService {
         tracing::debug!(model = %clip(&name), bytes_in, "inference started");
         let request = request.into_inner();
         let id = request.id.clone();
+        let started = std::time::Instant::now();
+        // The model version, once resolved, and the batch, for Triton's
+        // per-model counters.
+        let mut resolved: Option<(Arc<Model>, u64)> = None;
+        let mut timing = Timing::default();
         let result = async {
             let version = parse_version(&version)?;
             let model = self.state.registry.get(&name, version)?;
+            resolved = Some((model.clone(), 1));
             let parsed = InferCall::parse(request)?;
-            let outputs = self.infer(model.clone(), parsed).await?;
+            resolved = Some((model.clone(), batch_of(&parsed)));
+            let outputs = self.infer(model.clone(), parsed, &mut timing).await?;
             Ok(response_of(&model, id, outputs))
         }
         .await;
+        if let Some((model, batch)) = resolved {
+            self.state
+                .metrics
+                .observe_inference(&crate::metrics::Inference {
+                    model: model.name(),
+                    version: model.version(),
+                    ok: result.is_ok(),
+                    batch,
+                    request: started.elapsed(),
+                    queue: timing.queue,
+                    compute: timing.compute,
+                });
+        }
         call.finish(result)
     }
 }

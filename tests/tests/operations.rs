@@ -1,6 +1,6 @@
 //! Operating the daemon: a bad configuration stops it before any port is
 //! bound (exit 64, naming the key), metrics are for administrators only,
-//! and SIGTERM lets requests in flight finish.
+//! SIGTERM lets requests in flight finish, and every binary names its commit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -74,6 +74,23 @@ fn metrics_are_served_to_administrators_only() {
     );
     assert!(body.contains("appliance_queue_depth 0"), "{body}");
     assert!(body.contains("appliance_models_ready 2"), "{body}");
+    // Triton's per-model counters, under Triton's names and labels.
+    let triton = |name: &str| -> u64 {
+        let prefix = format!("{name}{{model=\"digits\",version=\"1\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(triton("nv_inference_request_success"), 1);
+    assert_eq!(triton("nv_inference_request_failure"), 0);
+    assert_eq!(triton("nv_inference_count"), 1);
+    assert_eq!(triton("nv_inference_exec_count"), 1);
+    let request = triton("nv_inference_request_duration_us");
+    let parts =
+        triton("nv_inference_queue_duration_us") + triton("nv_inference_compute_infer_duration_us");
+    assert!(request > 0 && parts <= request, "{request} < {parts}");
 
     let (code, body) = app.metrics(&user);
     assert_eq!(code, "403", "{body}");
@@ -126,4 +143,28 @@ fn sigterm_lets_requests_in_flight_finish() {
         answered > drained,
         "the answer should come after the shutdown began:\n{log}"
     );
+}
+
+#[test]
+fn every_binary_names_the_commit_it_was_built_from() {
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(test_support::workspace_root())
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    assert_eq!(head.len(), 12, "not a git checkout?");
+    for name in ["appliance", "provision", "model-image", "tuf-client"] {
+        let out = Command::new(binary(name))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} --version");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.trim(),
+            format!("{name} {} (commit {head})", env!("CARGO_PKG_VERSION")),
+            "{name}"
+        );
+    }
 }

@@ -35,7 +35,7 @@ as a LAN mirror (any static HTTP server over REPO), or copy it to USB media.";
 #[derive(Parser)]
 #[command(
     name = "model-image",
-    version,
+    version = env!("APPLIANCE_VERSION"),
     about = "The vendor's tool: build model images and sign them into a TUF repository",
     long_about = "The vendor's tool for the appliance's signed model updates.\n\n\
         1. `keys init DIR` creates the signing keys and the first root.json (install it on \

@@ -32,7 +32,7 @@ use images::tuf::verify::{
 #[derive(Parser)]
 #[command(
     name = "tuf-client",
-    version,
+    version = env!("APPLIANCE_VERSION"),
     about = "The appliance's TUF verifier, driven by the TUF conformance client protocol"
 )]
 struct Cli {

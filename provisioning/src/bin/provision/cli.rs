@@ -42,7 +42,7 @@ Errors from the appliance are printed with their gRPC code and message.";
 #[derive(Parser, Debug)]
 #[command(
     name = "provision",
-    version,
+    version = env!("APPLIANCE_VERSION"),
     about = "The operator's tool for an appliance site: site CA, certificates, CRLs, grants, models, audit",
     long_about = "The operator's tool for an appliance site.\n\n\
         Offline commands (site, appliance issue, client, crl show/update) work on a site \
