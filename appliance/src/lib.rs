@@ -19,6 +19,7 @@ pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod models;
+pub mod notify;
 pub mod oip;
 pub mod push;
 pub mod server;

@@ -22,7 +22,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(
     name = "appliance",
-    version,
+    version = env!("APPLIANCE_VERSION"),
     about = "The on-premises inference appliance: Open Inference Protocol over mutual TLS"
 )]
 struct Cli {
@@ -284,6 +284,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(%address, "listening (mTLS only)");
         // On stdout for scripts and tests that start the daemon on port 0.
         println!("listening on {address}");
+        let systemd = appliance::notify::Notifier::from_env().map(std::sync::Arc::new);
+        let serving = std::sync::Arc::new(std::sync::OnceLock::new());
+        if let Some(systemd) = &systemd {
+            systemd.send(&match &ready {
+                Some(_) => format!("READY=1\nSTATUS=serving mTLS on {address}"),
+                None => format!(
+                    "READY=1\nSTATUS=enrollment mode on {address}: the log shows the fingerprint \
+                     and the code"
+                ),
+            });
+            if let Some(every) = appliance::notify::Notifier::watchdog_interval() {
+                tokio::spawn(watchdog(systemd.clone(), every, serving.clone()));
+            }
+        }
         let (state, writer) = match ready {
             Some(ready) => ready,
             None => {
@@ -301,9 +315,18 @@ fn serve(config: Config) -> anyhow::Result<()> {
                     .context("starting after enrollment")??
             }
         };
+        if let Some(systemd) = &systemd
+            && serving.get().is_none()
+        {
+            systemd.send(&format!("STATUS=serving mTLS on {address}"));
+        }
+        let _ = serving.set(state.clone());
         let mut stop = stop;
         appliance::run(state, listener, async move {
             let _ = stop.wait_for(|s| *s).await;
+            if let Some(systemd) = &systemd {
+                systemd.send("STOPPING=1");
+            }
         })
         .await;
         anyhow::Ok(Some(writer))
@@ -315,6 +338,24 @@ fn serve(config: Config) -> anyhow::Result<()> {
         writer.join();
     }
     Ok(())
+}
+
+/// Pings systemd's watchdog while the daemon can serve: its runtime runs
+/// this task, and (once operational) its audit log takes records, without
+/// which every call is refused. A wedged runtime or a failed audit log
+/// stops the pings, and systemd restarts the service.
+async fn watchdog(
+    systemd: std::sync::Arc<appliance::notify::Notifier>,
+    every: std::time::Duration,
+    serving: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<appliance::state::AppState>>>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if serving.get().is_none_or(|state| state.audit.healthy()) {
+            systemd.send("WATCHDOG=1");
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the value turns true on

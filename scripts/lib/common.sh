@@ -8,8 +8,8 @@ export ROOT
 # TSS libraries tss-esapi links against, tpm2-tools for independent checks),
 # openssl (the crypto benchmark's baseline), strace (the no-outbound test) and
 # faketime (the TUF client's expiry tests run under it, as the TUF conformance
-# suite does).
-SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace faketime)
+# suite does) and systemd (systemd-analyze checks the packaged unit).
+SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace faketime systemd)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -283,12 +283,28 @@ impl Appliance {
     /// As [`Appliance::launch`], under a wrapper command (e.g. `strace`);
     /// [`Appliance::pid`] is then the wrapper's.
     pub fn launch_wrapped(&mut self, wrapper: &[&str]) {
+        self.launch_with(wrapper, &[]);
+    }
+
+    /// As [`Appliance::launch`], with extra environment variables (e.g.
+    /// systemd's `NOTIFY_SOCKET`).
+    pub fn launch_with_env(&mut self, env: &[(&str, &str)]) {
+        self.launch_with(&[], env);
+    }
+
+    /// As [`Appliance::launch`], under a wrapper and with extra environment
+    /// variables.
+    pub fn launch_with(&mut self, wrapper: &[&str], env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut child = appliance_cmd_under(&self.config, wrapper)
+        let mut command = appliance_cmd_under(&self.config, wrapper);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .env(
                 "APPLIANCE_LOG",
                 "info,tss_esapi=warn,appliance::server=debug,appliance::oip=debug",

@@ -288,8 +288,30 @@ fn a_filling_disk_refuses_calls_before_the_store_fails_and_loses_nothing() {
     };
     let mut wrapper = unshare.to_vec();
     wrapper.extend(["sh", "-c", &script]);
-    app.launch_wrapped(&wrapper);
+    // systemd's watchdog socket, as the packaged unit would give it: the
+    // daemon pings only while it can serve.
+    let socket_path = app.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let (tx, pings) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = socket.recv(&mut buf) {
+            if buf[..n].windows(10).any(|w| w == b"WATCHDOG=1") && tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    app.launch_with(
+        &wrapper,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
     assert_eq!(app.triton(&certs, &["call", "live"])["ok"], true);
+    pings
+        .recv_timeout(Duration::from_secs(5))
+        .expect("watchdog pings while serving");
 
     // Leave 8 MiB free under the daemon, below its reserve: fill the disk,
     // then give 8 MiB back.
@@ -324,6 +346,13 @@ fn a_filling_disk_refuses_calls_before_the_store_fails_and_loses_nothing() {
     // NOT_FOUND, and audited.)
     let answered = flood["NOT_FOUND"].as_u64().unwrap_or(0);
     println!("disk at its reserve: {answered} calls answered before, {refused} refused");
+    // Refusing every call is not serving: the watchdog hears nothing (it
+    // would restart the service).
+    while pings.try_recv().is_ok() {}
+    assert!(
+        pings.recv_timeout(Duration::from_millis(1500)).is_err(),
+        "the watchdog was pinged while the audit log refused every call"
+    );
 
     // Space again: the held batch is written, calls are served again.
     std::fs::remove_file(&filler).unwrap();
@@ -337,6 +366,9 @@ fn a_filling_disk_refuses_calls_before_the_store_fails_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(app.log_text().contains("audit log writable again"));
+    pings
+        .recv_timeout(Duration::from_secs(5))
+        .expect("watchdog pings again");
     // Every answered call is in the chain, which has no gap.
     let out = app.dir.path().join("audit.jsonl");
     app.provision_ok(&["audit", "export", "--out", out.to_str().unwrap()]);
