@@ -53,6 +53,30 @@ struct OwnedInput {
 struct InferCall {
     inputs: Vec<OwnedInput>,
     outputs: Vec<String>,
+    /// Requested outputs with the classification extension: name → k.
+    classify: Vec<(String, usize)>,
+}
+
+/// Largest `classification` count accepted (Triton's clients ask for a few).
+const MAX_CLASS_COUNT: i64 = 1000;
+
+/// The classification extension's `class_count` of a requested output.
+fn class_count(
+    output: &model_infer_request::InferRequestedOutputTensor,
+) -> Result<Option<usize>, AppError> {
+    use infer_parameter::ParameterChoice;
+    let Some(parameter) = output.parameters.get("classification") else {
+        return Ok(None);
+    };
+    match parameter.parameter_choice {
+        Some(ParameterChoice::Int64Param(k)) if (1..=MAX_CLASS_COUNT).contains(&k) => {
+            Ok(Some(usize::try_from(k).unwrap_or(1)))
+        }
+        _ => Err(AppError::InvalidArgument(format!(
+            "output `{}`: parameter classification must be an int64 from 1 to {MAX_CLASS_COUNT}",
+            clip(&output.name)
+        ))),
+    }
 }
 
 impl InferCall {
@@ -94,9 +118,16 @@ impl InferCall {
                 })
             })
             .collect::<Result<_, _>>()?;
+        let mut classify = Vec::new();
+        for output in &request.outputs {
+            if let Some(k) = class_count(output)? {
+                classify.push((output.name.clone(), k));
+            }
+        }
         Ok(InferCall {
             inputs,
             outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+            classify,
         })
     }
 }
@@ -152,28 +183,85 @@ fn typed_contents(input: &InferInputTensor, c: &InferTensorContents) -> Result<B
     Ok(Bytes::from(out))
 }
 
-fn response_of(model: &Model, id: String, outputs: Vec<OutputTensor>) -> ModelInferResponse {
-    let raw_output_contents = outputs
-        .iter()
-        .map(|o| Bytes::copy_from_slice(o.data()))
-        .collect();
-    ModelInferResponse {
+fn response_of(
+    model: &Model,
+    id: String,
+    outputs: Vec<OutputTensor>,
+    classify: &[(String, usize)],
+) -> Result<ModelInferResponse, AppError> {
+    let mut tensors = Vec::with_capacity(outputs.len());
+    let mut raw_output_contents = Vec::with_capacity(outputs.len());
+    for o in &outputs {
+        let (datatype, shape, raw) = match classify.iter().find(|(n, _)| n == o.name()) {
+            Some((_, k)) => {
+                let (shape, raw) = classified(o, *k)?;
+                ("BYTES".to_owned(), shape, raw)
+            }
+            None => (
+                o.datatype().as_str().to_owned(),
+                o.shape(),
+                Bytes::copy_from_slice(o.data()),
+            ),
+        };
+        tensors.push(InferOutputTensor {
+            name: o.name().to_owned(),
+            datatype,
+            shape,
+            parameters: Default::default(),
+            contents: None,
+        });
+        raw_output_contents.push(raw);
+    }
+    Ok(ModelInferResponse {
         model_name: model.name().to_owned(),
         model_version: model.version().to_string(),
         id,
         parameters: Default::default(),
-        outputs: outputs
-            .iter()
-            .map(|o| InferOutputTensor {
-                name: o.name().to_owned(),
-                datatype: o.datatype().as_str().to_owned(),
-                shape: o.shape(),
-                parameters: Default::default(),
-                contents: None,
-            })
-            .collect(),
+        outputs: tensors,
         raw_output_contents,
+    })
+}
+
+/// The classification extension: for each row of an FP32 output (the
+/// first dimension is the batch when there are two or more), the `k`
+/// highest scores as `"score:index"` BYTES elements, highest first (ties:
+/// the lower index first), formatted as Triton does (six decimals). The
+/// model images carry no labels, so there is no `:label` part.
+fn classified(output: &OutputTensor, k: usize) -> Result<(Vec<i64>, Bytes), AppError> {
+    let scores = output.as_f32().ok_or_else(|| {
+        AppError::InvalidArgument(format!(
+            "output `{}`: classification needs an FP32 output, not {}",
+            clip(output.name()),
+            output.datatype().as_str()
+        ))
+    })?;
+    let shape = output.shape();
+    let rows = if shape.len() >= 2 {
+        usize::try_from(shape[0]).unwrap_or(0)
+    } else {
+        1
+    };
+    let width = scores.len().checked_div(rows).unwrap_or(0);
+    let k = k.min(width);
+    let mut raw = Vec::new();
+    let mut order: Vec<usize> = Vec::with_capacity(width);
+    for row in scores.chunks(width.max(1)).take(rows) {
+        order.clear();
+        order.extend(0..row.len());
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        for &index in &order[..k] {
+            let text = format!("{:.6}:{index}", row[index]);
+            raw.extend_from_slice(&u32::try_from(text.len()).unwrap_or(0).to_le_bytes());
+            raw.extend_from_slice(text.as_bytes());
+        }
     }
+    let k = i64::try_from(k).unwrap_or(0);
+    let shape = if shape.len() >= 2 {
+        vec![shape[0], k]
+    } else {
+        vec![k]
+    };
+    Ok((shape, Bytes::from(raw)))
 }
 
 /// Where an inference's time went: waiting for a worker, then running.
@@ -387,8 +475,9 @@ impl GrpcInferenceService for InferenceService {
             resolved = Some((model.clone(), 1));
             let parsed = InferCall::parse(request)?;
             resolved = Some((model.clone(), batch_of(&parsed)));
+            let classify = parsed.classify.clone();
             let outputs = self.infer(model.clone(), parsed, &mut timing).await?;
-            Ok(response_of(&model, id, outputs))
+            response_of(&model, id, outputs, &classify)
         }
         .await;
         if let Some((model, batch)) = resolved {
@@ -405,5 +494,48 @@ impl GrpcInferenceService for InferenceService {
                 });
         }
         call.finish(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::inference::infer_parameter::ParameterChoice;
+
+    fn requested(
+        parameter: Option<ParameterChoice>,
+    ) -> model_infer_request::InferRequestedOutputTensor {
+        let mut output = model_infer_request::InferRequestedOutputTensor {
+            name: "logits".into(),
+            ..Default::default()
+        };
+        if let Some(choice) = parameter {
+            output.parameters.insert(
+                "classification".into(),
+                InferParameter {
+                    parameter_choice: Some(choice),
+                },
+            );
+        }
+        output
+    }
+
+    #[test]
+    fn class_counts_are_bounded_int64s() {
+        assert_eq!(class_count(&requested(None)).unwrap(), None);
+        assert_eq!(
+            class_count(&requested(Some(ParameterChoice::Int64Param(3)))).unwrap(),
+            Some(3)
+        );
+        for bad in [
+            ParameterChoice::Int64Param(0),
+            ParameterChoice::Int64Param(-1),
+            ParameterChoice::Int64Param(MAX_CLASS_COUNT + 1),
+            ParameterChoice::StringParam("3".into()),
+            ParameterChoice::BoolParam(true),
+        ] {
+            let e = class_count(&requested(Some(bad))).unwrap_err();
+            assert!(matches!(e, AppError::InvalidArgument(_)), "{e:?}");
+        }
     }
 }

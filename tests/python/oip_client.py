@@ -9,6 +9,8 @@ Usage: oip_client.py --url HOST:PORT --certs DIR [--no-client-cert] COMMAND ...
 Commands:
   demo MODELS_DIR            classify a digit and embed three sentences, in words
   check MODELS_DIR           live, ready, metadata, digits accuracy, MiniLM similarities (JSON)
+  classify MODELS_DIR K      five digits through the classification extension (class_count=K),
+                             JSON {shape, top (the strings), logits, labels}
   call RPC [MODEL]           one call (live|ready|metadata|infer), JSON {ok, code, message}
   flood COUNT                COUNT digit inferences back to back, JSON counts by status code
   infer-text TEXT...         embed texts with minilm, JSON {ok, code, shape}
@@ -73,16 +75,17 @@ def digits(models_dir, n):
 _DIGITS_SHAPE = {}
 
 
-def infer_digits(c, x):
+def infer_digits(c, x, class_count=0):
     """Logits for the rows of x, shaped as the model's metadata says (an MLP takes [N, 64], a
-    CNN [N, 1, 8, 8])."""
+    CNN [N, 1, 8, 8]); with class_count, the top classes as the classification extension
+    returns them."""
     if id(c) not in _DIGITS_SHAPE:
         _DIGITS_SHAPE[id(c)] = list(c.get_model_metadata("digits").inputs[0].shape)
     dims = _DIGITS_SHAPE[id(c)]
     x = x.reshape([x.shape[0]] + [int(d) for d in dims[1:]]).astype(np.float32)
     inp = grpcclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    out = grpcclient.InferRequestedOutput("logits")
+    out = grpcclient.InferRequestedOutput("logits", class_count=class_count)
     result = c.infer("digits", [inp], outputs=[out])
     return result.as_numpy("logits")
 
@@ -92,6 +95,19 @@ def embed(c, texts):
     inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
     result = c.infer("minilm", [inp])
     return result.as_numpy("embeddings")
+
+
+def classify(args):
+    c = client(args)
+    x, y = digits(args.models, 5)
+    logits = infer_digits(c, x)
+    top = infer_digits(c, x, class_count=args.k)
+    print(json.dumps({
+        "shape": list(top.shape),
+        "top": [[t.decode() for t in row] for row in top],
+        "logits": logits.tolist(),
+        "labels": y.tolist(),
+    }))
 
 
 def similarities(e):
@@ -430,6 +446,9 @@ def main():
     d.add_argument("models")
     k = sub.add_parser("check")
     k.add_argument("models")
+    cl = sub.add_parser("classify")
+    cl.add_argument("models")
+    cl.add_argument("k", type=int)
     r = sub.add_parser("call")
     r.add_argument("rpc")
     r.add_argument("model", nargs="?")
@@ -463,7 +482,7 @@ def main():
     i.add_argument("count", type=int)
     i.add_argument("seconds", type=float)
     args = p.parse_args()
-    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load, "status": status, "health": health, "probe": probe, "watch": watch}
+    commands = {"call-twice": call_twice, "tls-garbage": tls_garbage, "idle": idle, "demo": demo, "check": check, "classify": classify, "call": call, "flood": flood, "infer-text": infer_text, "raw": raw, "load": load, "status": status, "health": health, "probe": probe, "watch": watch}
     commands[args.command](args)
 
 

@@ -39,6 +39,33 @@ fn the_stock_triton_client_is_served_over_mtls() {
         assert!((got - want).abs() <= 0.03, "{sims:?}");
     }
 
+    // The classification extension, as tritonclient asks for it
+    // (`class_count`): the top k of each row as "score:index", highest
+    // first, the score printed as Triton does.
+    let models = test_support::models_dir();
+    let report = app.triton(&client, &["classify", models.to_str().unwrap(), "3"]);
+    assert_eq!(report["shape"], serde_json::json!([5, 3]), "{report}");
+    let logits: Vec<Vec<f64>> = serde_json::from_value(report["logits"].clone()).unwrap();
+    let top: Vec<Vec<String>> = serde_json::from_value(report["top"].clone()).unwrap();
+    for (row, classes) in logits.iter().zip(&top) {
+        let mut previous = f64::INFINITY;
+        for class in classes {
+            let (score, index) = class.split_once(':').unwrap();
+            assert_eq!(score.split_once('.').unwrap().1.len(), 6, "{class}");
+            let (score, index): (f64, usize) = (score.parse().unwrap(), index.parse().unwrap());
+            assert!((score - row[index]).abs() < 1e-5, "{class} vs {row:?}");
+            assert!(score <= previous, "{classes:?}");
+            previous = score;
+        }
+        let argmax = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert!(classes[0].ends_with(&format!(":{argmax}")), "{classes:?}");
+    }
+    // More classes than the output has: all of them.
+    let report = app.triton(&client, &["classify", models.to_str().unwrap(), "20"]);
+    assert_eq!(report["shape"], serde_json::json!([5, 10]), "{report}");
+
     // Models, grants and the audit log survive a restart (all in the
     // TPM-sealed keystore).
     app.stop();
