@@ -142,7 +142,8 @@ fn chain_hash(previous: &str, sequence: u64, time_ms: u64, event: &Event) -> Str
     hex(digest(&SHA256, &input).as_ref())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

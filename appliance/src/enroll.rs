@@ -306,24 +306,19 @@ impl Enrollment {
         }
         // Everything is checked before anything is written; the
         // certificate goes last, as it is what makes the appliance enrolled.
-        let (site, appliance) = crate::identity::check_install(
+        let identity = crate::identity::check_install(
             &self.store,
             request.certificate_pem.as_bytes(),
             request.client_ca_pem.as_bytes(),
         )
         .map_err(status)?;
-        let ca = rustls_pki_types::CertificateDer::from(
-            crate::identity::one_pem(
-                request.client_ca_pem.as_bytes(),
-                "CERTIFICATE",
-                "client_ca_pem",
-            )
-            .map_err(status)?,
-        );
         let crl = if request.crl_pem.is_empty() {
             None
         } else {
-            Some(crate::identity::parse_crl(request.crl_pem.as_bytes(), &ca).map_err(status)?)
+            Some(
+                crate::identity::parse_crl(request.crl_pem.as_bytes(), identity.client_ca())
+                    .map_err(status)?,
+            )
         };
         let admin = ident::ClientName::new(&request.admin).map_err(|e| {
             Status::invalid_argument(format!("admin: `{}`: {e}", ident::shorten(&request.admin)))
@@ -353,27 +348,20 @@ impl Enrollment {
         let grants = crate::grants::Grants::load(self.store.clone(), self.config.limits.clone())
             .map_err(status)?;
         grants
-            .put(crate::grants::Grant {
-                client: admin.to_string(),
-                models: vec!["*".into()],
-                admin: true,
-                rate_per_second: None,
-                burst: None,
-                daily_quota: None,
-            })
+            .put(crate::grants::Grant::admin(admin.as_str()))
             .map_err(status)?;
-        crate::identity::install(
-            &self.store,
-            request.certificate_pem.as_bytes(),
-            request.client_ca_pem.as_bytes(),
-        )
-        .map_err(status)?;
+        crate::identity::install(&self.store, &identity).map_err(status)?;
         progress.done = true;
         progress.ticket = None;
-        tracing::info!(%site, %appliance, admin = %admin, "enrolled");
+        tracing::info!(
+            site = %identity.site,
+            appliance = %identity.appliance_id,
+            admin = %admin,
+            "enrolled"
+        );
         Ok(CompleteResponse {
-            site,
-            appliance,
+            site: identity.site,
+            appliance: identity.appliance_id,
             update_root_version,
         })
     }
@@ -381,10 +369,6 @@ impl Enrollment {
 
 fn status(e: AppError) -> Status {
     crate::error::to_status(&e)
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The gRPC face of [`Enrollment`].
@@ -418,21 +402,27 @@ impl EnrollmentRpc for Service {
         &self,
         request: Request<BeginRequest>,
     ) -> Result<Response<BeginResponse>, Status> {
-        let peer = peer_of(&request);
-        let inner = self.0.clone();
-        tokio::task::spawn_blocking(move || inner.begin(&peer, request.into_inner()))
-            .await
-            .map_err(|_| Status::internal("enrollment task failed"))?
-            .map(Response::new)
+        self.blocking(request, Enrollment::begin).await
     }
 
     async fn complete(
         &self,
         request: Request<CompleteRequest>,
     ) -> Result<Response<CompleteResponse>, Status> {
+        self.blocking(request, Enrollment::complete).await
+    }
+}
+
+impl Service {
+    /// Runs a handler on the blocking pool: the TPM and the store block.
+    async fn blocking<Q: Send + 'static, A: Send + 'static>(
+        &self,
+        request: Request<Q>,
+        handler: fn(&Enrollment, &str, Q) -> Result<A, Status>,
+    ) -> Result<Response<A>, Status> {
         let peer = peer_of(&request);
         let inner = self.0.clone();
-        tokio::task::spawn_blocking(move || inner.complete(&peer, request.into_inner()))
+        tokio::task::spawn_blocking(move || handler(&inner, &peer, request.into_inner()))
             .await
             .map_err(|_| Status::internal("enrollment task failed"))?
             .map(Response::new)
@@ -579,7 +569,7 @@ fn normalise(code: &str) -> Zeroizing<String> {
 fn random_hex() -> Result<Zeroizing<String>, AppError> {
     let mut raw = Zeroizing::new([0u8; 32]);
     keystore::crypto::fill_random(raw.as_mut())?;
-    Ok(Zeroizing::new(hex_of(raw.as_ref())))
+    Ok(Zeroizing::new(crate::audit::hex(raw.as_ref())))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

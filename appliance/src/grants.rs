@@ -32,6 +32,19 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The admin role on every model, unlimited: the first administrator's
+    /// grant, given at enrollment.
+    pub fn admin(client: &str) -> Grant {
+        Grant {
+            client: client.to_owned(),
+            models: vec!["*".into()],
+            admin: true,
+            rate_per_second: None,
+            burst: None,
+            daily_quota: None,
+        }
+    }
+
     /// Whether the grant covers `model`.
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.iter().any(|m| m == "*" || m == model)

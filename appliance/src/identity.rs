@@ -136,32 +136,53 @@ pub fn fingerprint(certificate: &[u8]) -> String {
     format!("SHA256:{}", hex.join(":"))
 }
 
-/// Checks, without installing, what [`install`] would install.
+/// An appliance certificate and site CA that [`check_install`] accepted,
+/// ready for [`install`].
+#[derive(Debug)]
+pub struct CheckedIdentity {
+    certificate: Vec<u8>,
+    client_ca: CertificateDer<'static>,
+    /// The site name from the certificate's SPIFFE URI.
+    pub site: String,
+    /// This appliance's id from the same URI.
+    pub appliance_id: String,
+}
+
+impl CheckedIdentity {
+    /// The site CA (which also signs the CRL).
+    pub fn client_ca(&self) -> &CertificateDer<'static> {
+        &self.client_ca
+    }
+}
+
+/// Checks, without installing, that the certificate is for the identity
+/// key, is signed by the CA, and names this appliance with a SPIFFE URI.
 pub fn check_install(
     store: &Store,
     certificate_pem: &[u8],
     ca_pem: &[u8],
-) -> Result<(String, String), AppError> {
+) -> Result<CheckedIdentity, AppError> {
     let key = identity_key(store)?;
     let certificate = one_pem(certificate_pem, "CERTIFICATE", "the certificate")?;
     let ca = one_pem(ca_pem, "CERTIFICATE", "the CA certificate")?;
-    check_server_certificate(&certificate, &ca, &public_key_info(key.as_ref()))
+    let (site, appliance_id) =
+        check_server_certificate(&certificate, &ca, &public_key_info(key.as_ref()))?;
+    Ok(CheckedIdentity {
+        certificate,
+        client_ca: CertificateDer::from(ca),
+        site,
+        appliance_id,
+    })
 }
 
-/// Installs the appliance certificate and the site CA after checking that
-/// the certificate is for the identity key, is signed by the CA, and names
-/// this appliance with a SPIFFE URI. Returns (site, appliance id).
-pub fn install(
-    store: &Store,
-    certificate_pem: &[u8],
-    ca_pem: &[u8],
-) -> Result<(String, String), AppError> {
-    let (site, id) = check_install(store, certificate_pem, ca_pem)?;
-    let certificate = one_pem(certificate_pem, "CERTIFICATE", "the certificate")?;
-    let ca = one_pem(ca_pem, "CERTIFICATE", "the CA certificate")?;
-    let batch: [(&[u8], &[u8]); 2] = [(CERT, &certificate), (CLIENT_CA, &ca)];
+/// Installs a checked appliance certificate and site CA.
+pub fn install(store: &Store, checked: &CheckedIdentity) -> Result<(), AppError> {
+    let batch: [(&[u8], &[u8]); 2] = [
+        (CERT, &checked.certificate),
+        (CLIENT_CA, &checked.client_ca),
+    ];
     store.tree(TREE, PURPOSE)?.put_all(batch)?;
-    Ok((site, id))
+    Ok(())
 }
 
 /// Loads the identity, or explains how to install one.
@@ -322,7 +343,7 @@ fn check_server_certificate(
 }
 
 /// The DER of the first PEM block labelled `tag` in `bytes`.
-pub(crate) fn one_pem(bytes: &[u8], tag: &str, what: &str) -> Result<Vec<u8>, AppError> {
+fn one_pem(bytes: &[u8], tag: &str, what: &str) -> Result<Vec<u8>, AppError> {
     for block in Pem::iter_from_buffer(bytes) {
         let block =
             block.map_err(|e| AppError::InvalidArgument(format!("{what}: bad PEM: {e}")))?;

@@ -310,16 +310,15 @@ fn serve(config: Config) -> anyhow::Result<()> {
                         println!("enrolled: appliance `{appliance}` of site `{site}`");
                     }
                 }
-                tokio::task::spawn_blocking(move || appliance::start(config, store))
+                let ready = tokio::task::spawn_blocking(move || appliance::start(config, store))
                     .await
-                    .context("starting after enrollment")??
+                    .context("starting after enrollment")??;
+                if let Some(systemd) = &systemd {
+                    systemd.send(&format!("STATUS=serving mTLS on {address}"));
+                }
+                ready
             }
         };
-        if let Some(systemd) = &systemd
-            && serving.get().is_none()
-        {
-            systemd.send(&format!("STATUS=serving mTLS on {address}"));
-        }
         let _ = serving.set(state.clone());
         let mut stop = stop;
         appliance::run(state, listener, async move {
@@ -454,8 +453,12 @@ fn install(
         |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let store = appliance::open_store(config).context("opening the keystore")?;
     if let Some((cert, ca)) = cert_and_ca {
-        let (site, id) = appliance::identity::install(&store, &read(cert)?, &read(ca)?)?;
-        println!("identity installed: appliance `{id}` of site `{site}`");
+        let checked = appliance::identity::check_install(&store, &read(cert)?, &read(ca)?)?;
+        appliance::identity::install(&store, &checked)?;
+        println!(
+            "identity installed: appliance `{}` of site `{}`",
+            checked.appliance_id, checked.site
+        );
     }
     if let Some(root) = update_root {
         let version = appliance::updates::install_root(&store, &read(root)?)
@@ -472,14 +475,7 @@ fn install(
     }
     if let Some(client) = admin {
         let grants = appliance::grants::Grants::load(store.clone(), config.limits.clone())?;
-        grants.put(appliance::grants::Grant {
-            client: client.clone(),
-            models: vec!["*".into()],
-            admin: true,
-            rate_per_second: None,
-            burst: None,
-            daily_quota: None,
-        })?;
+        grants.put(appliance::grants::Grant::admin(&client))?;
         println!("client `{client}` granted the admin role");
     }
     Ok(())

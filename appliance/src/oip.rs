@@ -473,9 +473,9 @@ impl GrpcInferenceService for InferenceService {
             let version = parse_version(&version)?;
             let model = self.state.registry.get(&name, version)?;
             resolved = Some((model.clone(), 1));
-            let parsed = InferCall::parse(request)?;
+            let mut parsed = InferCall::parse(request)?;
             resolved = Some((model.clone(), batch_of(&parsed)));
-            let classify = parsed.classify.clone();
+            let classify = std::mem::take(&mut parsed.classify);
             let outputs = self.infer(model.clone(), parsed, &mut timing).await?;
             response_of(&model, id, outputs, &classify)
         }

@@ -31,7 +31,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::attributes::{ObjectAttributes, ObjectAttributesBuilder, SessionAttributesBuilder};
 use tss_esapi::constants::{
     CapabilityType, SessionType, StartupType, Tss2ResponseCode, Tss2ResponseCodeKind, tss,
 };
@@ -44,8 +44,8 @@ use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     CapabilityData, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyedHashScheme,
     PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder,
-    PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData, Signature,
-    SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
+    PublicEccParameters, PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData,
+    Signature, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
@@ -237,7 +237,7 @@ fn connect(tcti: &str) -> Result<Context> {
         Err(e) if tpm_rc_is(&e, Tss2ResponseCodeKind::Initialize) => {}
         Err(e) => return Err(tpm_err("startup", e)),
     }
-    flush_stale_transients(&mut ctx)?;
+    flush_stale_handles(&mut ctx)?;
     Ok(ctx)
 }
 
@@ -429,6 +429,15 @@ fn identity_template() -> std::result::Result<Public, tss_esapi::Error> {
         EccCurve::NistP256,
     )
     .build()?;
+    ecc_public(attributes, ecc)
+}
+
+/// An ECC P-256 key's public template: SHA-256 names, the unique point
+/// left for the TPM to fill.
+fn ecc_public(
+    attributes: ObjectAttributes,
+    ecc: PublicEccParameters,
+) -> std::result::Result<Public, tss_esapi::Error> {
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
@@ -597,14 +606,7 @@ fn primary_template() -> Result<Public> {
     )
     .build()
     .map_err(|e| tpm_err("primary template", e))?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(ecc)
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(|e| tpm_err("primary template", e))
+    ecc_public(attributes, ecc).map_err(|e| tpm_err("primary template", e))
 }
 
 fn create_primary(ctx: &mut Context) -> Result<KeyHandle> {
@@ -786,7 +788,7 @@ fn flush(ctx: &mut Context, handle: ObjectHandle) {
 /// sessions): seen as "out of memory for session contexts" after a few
 /// `kill -9`s landed inside a TLS handshake's signature. Under /dev/tpmrm0
 /// both lists are empty.
-fn flush_stale_transients(ctx: &mut Context) -> Result<()> {
+fn flush_stale_handles(ctx: &mut Context) -> Result<()> {
     for (first, what) in [
         (tss::TPM2_TRANSIENT_FIRST, "transient objects"),
         (tss::TPM2_LOADED_SESSION_FIRST, "sessions"),
