@@ -13,12 +13,14 @@
 //! Only frame headers are parsed (nine bytes: length, type, flags, stream);
 //! payloads are skipped, except a SETTINGS frame's length, which says how
 //! many settings it carries. Malformed frames are hyper's business: the
-//! meter never fails on them, it only counts.
+//! meter never fails on them, it only counts. A connection that does not
+//! open with the HTTP/2 preface (HTTP/1.1, which has no control frames) is
+//! not metered at all.
 
 use std::time::{Duration, Instant};
 
 /// The client connection preface (RFC 9113 §3.4), before the first frame.
-const PREFACE_LEN: usize = 24;
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADER_LEN: usize = 9;
 
 const DATA: u8 = 0x0;
@@ -72,8 +74,10 @@ impl Flood {
 
 #[derive(Debug)]
 enum State {
-    /// Bytes of the preface still to come.
+    /// Bytes of the preface seen so far.
     Preface(usize),
+    /// Not HTTP/2: nothing to meter.
+    Off,
     /// A frame header being assembled.
     Header([u8; HEADER_LEN], usize),
     /// Payload bytes to skip.
@@ -96,7 +100,7 @@ impl FrameMeter {
     /// first.
     pub fn new(budget: Budget, now: Instant) -> Self {
         FrameMeter {
-            state: State::Preface(PREFACE_LEN),
+            state: State::Preface(0),
             budget,
             milli_tokens: u64::from(budget.burst) * 1000,
             refilled: now,
@@ -116,14 +120,19 @@ impl FrameMeter {
         self.refill(now);
         while !bytes.is_empty() {
             match &mut self.state {
-                State::Preface(left) => {
-                    let n = (*left).min(bytes.len());
+                State::Preface(seen) => {
+                    let n = (PREFACE.len() - *seen).min(bytes.len());
+                    if bytes[..n] != PREFACE[*seen..*seen + n] {
+                        self.state = State::Off;
+                        return Ok(());
+                    }
                     bytes = &bytes[n..];
-                    *left -= n;
-                    if *left == 0 {
+                    *seen += n;
+                    if *seen == PREFACE.len() {
                         self.state = State::Header([0; HEADER_LEN], 0);
                     }
                 }
+                State::Off => return Ok(()),
                 State::Payload(left) => {
                     let n = (*left).min(bytes.len());
                     bytes = &bytes[n..];
@@ -191,8 +200,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len() as u32;
         let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
@@ -203,6 +210,27 @@ mod tests {
 
     fn budget(burst: u32, per_second: u32) -> Budget {
         Budget { burst, per_second }
+    }
+
+    #[test]
+    fn http1_connections_are_not_metered() {
+        let t = Instant::now();
+        let mut m = FrameMeter::new(budget(2, 0), t);
+        m.feed(b"POST /v2/models/digits/infer HTTP/1.1\r\n", t)
+            .unwrap();
+        // Bytes that would be PING frames on an HTTP/2 connection.
+        for _ in 0..10 {
+            m.feed(&frame(PING, 0, 0, &[0; 8]), t).unwrap();
+        }
+        assert_eq!(m.frames(), 0);
+        // A preface that goes wrong part-way is not HTTP/2 either.
+        let mut m = FrameMeter::new(budget(2, 0), t);
+        m.feed(&PREFACE[..10], t).unwrap();
+        m.feed(b"garbage", t).unwrap();
+        for _ in 0..10 {
+            m.feed(&frame(PING, 0, 0, &[0; 8]), t).unwrap();
+        }
+        assert_eq!(m.frames(), 0);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod models;
 pub mod notify;
 pub mod oip;
 pub mod push;
+pub mod rest;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -83,14 +83,57 @@ pub struct Inference<'a> {
     pub compute: Duration,
 }
 
-/// Triton's counters of one model version, in [`TRITON`]'s order.
-type TritonCounters = [u64; TRITON.len()];
+/// A count and the time it took, in nanoseconds (Triton's
+/// `StatisticDuration`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timed {
+    /// How many.
+    pub count: u64,
+    /// Their total duration.
+    pub ns: u64,
+}
+
+impl Timed {
+    fn add(&mut self, d: Duration) {
+        self.count = self.count.saturating_add(1);
+        self.ns = self
+            .ns
+            .saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
+/// Batch sizes tracked apart per model version; requests of other sizes
+/// still count in the totals.
+const MAX_BATCH_SIZES: usize = 64;
+
+/// What one model version has served: the source of both Triton's
+/// `/metrics` counters and the statistics extension.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelStats {
+    /// Successful requests, decoded request to answer.
+    pub success: Timed,
+    /// Failed requests.
+    pub fail: Timed,
+    /// Waiting for a worker (successful requests).
+    pub queue: Timed,
+    /// Running the model, inputs and outputs included (successful
+    /// requests).
+    pub compute: Timed,
+    /// The sum of the batch sizes of successful requests.
+    pub inference_count: u64,
+    /// Model executions: one per successful request (no request batching).
+    pub execution_count: u64,
+    /// When the last request finished, in milliseconds since the epoch.
+    pub last_inference_ms: u64,
+    /// Successful requests by batch size: count and compute time.
+    pub batches: BTreeMap<u64, Timed>,
+}
 
 /// All counters of the process.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, &'static str), u64>>,
-    triton: Mutex<BTreeMap<(String, u64), TritonCounters>>,
+    models: Mutex<BTreeMap<(String, u64), ModelStats>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     /// Open TLS connections.
     pub connections: AtomicI64,
@@ -130,33 +173,67 @@ impl Metrics {
         }
     }
 
-    /// Counts one inference request in Triton's per-model counters.
+    /// Counts one inference request in its model version's statistics.
     pub fn observe_inference(&self, i: &Inference<'_>) {
-        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let mut triton = self.triton.lock().unwrap_or_else(PoisonError::into_inner);
-        let c = triton.entry((i.model.to_owned(), i.version)).or_default();
-        if i.ok {
-            let add = [1, 0, i.batch, 1, us(i.request), us(i.queue), us(i.compute)];
-            for (c, a) in c.iter_mut().zip(add) {
-                *c = c.saturating_add(a);
-            }
-        } else {
-            c[1] = c[1].saturating_add(1);
+        let mut models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = models.entry((i.model.to_owned(), i.version)).or_default();
+        s.last_inference_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if !i.ok {
+            s.fail.add(i.request);
+            return;
         }
+        // One update under one lock: a snapshot never shows a request in
+        // one count and not another (perf_analyzer checks they agree).
+        s.success.add(i.request);
+        s.queue.add(i.queue);
+        s.compute.add(i.compute);
+        s.inference_count = s.inference_count.saturating_add(i.batch);
+        s.execution_count = s.execution_count.saturating_add(1);
+        if s.batches.len() < MAX_BATCH_SIZES || s.batches.contains_key(&i.batch) {
+            s.batches.entry(i.batch).or_default().add(i.compute);
+        }
+    }
+
+    /// The statistics of every model version that has served a request.
+    pub fn model_stats(&self) -> BTreeMap<(String, u64), ModelStats> {
+        self.models
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Forgets the statistics of versions no longer loaded, so a box that
+    /// installs model after model does not keep a row for each.
+    pub fn retain_models(&self, keep: impl Fn(&str, u64) -> bool) {
+        self.models
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(name, version), _| keep(name, *version));
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self, queue_depth: usize, models_ready: usize) -> String {
         let mut out = String::new();
         {
-            let triton = self.triton.lock().unwrap_or_else(PoisonError::into_inner);
+            let models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+            let us = |t: Timed| t.ns / 1000;
             for (i, (name, help)) in TRITON.iter().enumerate() {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                for ((model, version), c) in triton.iter() {
+                for ((model, version), s) in models.iter() {
+                    let value = [
+                        s.success.count,
+                        s.fail.count,
+                        s.inference_count,
+                        s.execution_count,
+                        us(s.success),
+                        us(s.queue),
+                        us(s.compute),
+                    ][i];
                     let _ = writeln!(
                         out,
-                        "{name}{{model=\"{model}\",version=\"{version}\"}} {}",
-                        c[i]
+                        "{name}{{model=\"{model}\",version=\"{version}\"}} {value}"
                     );
                 }
             }
@@ -289,6 +366,32 @@ mod tests {
                 compute: ms(7),
             });
         }
+        let stats = m.model_stats();
+        let v1 = &stats[&("digits".to_owned(), 1)];
+        // The counts perf_analyzer compares always agree.
+        assert_eq!(v1.success.count, 2);
+        assert_eq!(v1.queue.count, 2);
+        assert_eq!(v1.compute.count, 2);
+        assert_eq!(
+            v1.fail,
+            Timed {
+                count: 1,
+                ns: 10_000_000
+            }
+        );
+        assert_eq!(
+            v1.batches[&4],
+            Timed {
+                count: 1,
+                ns: 7_000_000
+            }
+        );
+        assert_eq!(v1.batches[&1].count, 1);
+        assert!(
+            !v1.batches.contains_key(&2),
+            "failures are not batch statistics"
+        );
+        assert!(v1.last_inference_ms > 1_700_000_000_000);
         let text = m.render(0, 1);
         for line in [
             "nv_inference_request_success{model=\"digits\",version=\"1\"} 2",
@@ -303,5 +406,28 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+        m.retain_models(|_, version| version == 2);
+        assert_eq!(m.model_stats().len(), 1);
+        assert!(!m.render(0, 1).contains("version=\"1\""));
+    }
+
+    #[test]
+    fn batch_sizes_tracked_apart_are_bounded() {
+        let m = Metrics::default();
+        for batch in 1..=(MAX_BATCH_SIZES as u64 + 10) {
+            m.observe_inference(&Inference {
+                model: "m",
+                version: 1,
+                ok: true,
+                batch,
+                request: Duration::from_micros(3),
+                queue: Duration::ZERO,
+                compute: Duration::from_micros(2),
+            });
+        }
+        let stats = m.model_stats();
+        let s = &stats[&("m".to_owned(), 1)];
+        assert_eq!(s.batches.len(), MAX_BATCH_SIZES);
+        assert_eq!(s.success.count, MAX_BATCH_SIZES as u64 + 10);
     }
 }

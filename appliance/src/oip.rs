@@ -14,7 +14,8 @@ use wire::inference::model_metadata_response::TensorMetadata;
 use wire::inference::*;
 
 use crate::error::AppError;
-use crate::state::{AppState, Need, clip};
+use crate::metrics::{ModelStats, Timed};
+use crate::state::{AppState, Call, Need, clip};
 
 /// The `inference.GRPCInferenceService` implementation.
 pub struct InferenceService {
@@ -264,6 +265,148 @@ fn classified(output: &OutputTensor, k: usize) -> Result<(Vec<i64>, Bytes), AppE
     Ok((shape, Bytes::from(raw)))
 }
 
+/// Triton's data type enum for one of the protocol's datatype names.
+fn data_type(datatype: inference::DataType) -> i32 {
+    let t = match datatype.as_str() {
+        "BOOL" => DataType::TypeBool,
+        "UINT8" => DataType::TypeUint8,
+        "UINT16" => DataType::TypeUint16,
+        "UINT32" => DataType::TypeUint32,
+        "UINT64" => DataType::TypeUint64,
+        "INT8" => DataType::TypeInt8,
+        "INT16" => DataType::TypeInt16,
+        "INT32" => DataType::TypeInt32,
+        "INT64" => DataType::TypeInt64,
+        "FP16" => DataType::TypeFp16,
+        "FP32" => DataType::TypeFp32,
+        "FP64" => DataType::TypeFp64,
+        "BYTES" => DataType::TypeString,
+        "BF16" => DataType::TypeBf16,
+        _ => DataType::TypeInvalid,
+    };
+    t as i32
+}
+
+/// A model's configuration as Triton describes one. A model whose inputs
+/// and outputs all lead with the same free dimension batches: Triton's
+/// convention is then `max_batch_size` > 0 and `dims` without that
+/// dimension. Its `max_batch_size` is the largest batch the engine's
+/// limits admit (`max_text_items` for text models; else
+/// `max_input_elements` over one row of the largest input).
+pub fn model_config(model: &Model, limits: &inference::Limits) -> ModelConfig {
+    let first = |spec: &inference::TensorSpec| match spec.shape.first() {
+        Some(inference::Dim::Dynamic(symbol)) => Some(symbol.clone()),
+        _ => None,
+    };
+    let leading = model.inputs().first().and_then(first);
+    let batches = leading.is_some()
+        && model
+            .inputs()
+            .iter()
+            .chain(model.outputs())
+            .all(|s| first(s).is_some());
+    let dims = |spec: &inference::TensorSpec| {
+        let shape = spec.shape_i64();
+        if batches { shape[1..].to_vec() } else { shape }
+    };
+    let max_batch_size = if !batches {
+        0
+    } else if model.is_text() {
+        limits.max_text_items
+    } else {
+        let row = model
+            .inputs()
+            .iter()
+            .map(|s| {
+                s.shape[1..]
+                    .iter()
+                    .map(|d| match d {
+                        inference::Dim::Fixed(n) => (*n).max(1),
+                        inference::Dim::Dynamic(_) => 1,
+                    })
+                    .product::<u64>()
+            })
+            .max()
+            .unwrap_or(1);
+        limits.max_input_elements / row.max(1)
+    };
+    ModelConfig {
+        name: model.name().to_owned(),
+        platform: "tract_onnx".into(),
+        backend: "tract".into(),
+        runtime: String::new(),
+        max_batch_size: i32::try_from(max_batch_size).unwrap_or(i32::MAX),
+        input: model
+            .inputs()
+            .iter()
+            .map(|s| ModelInput {
+                name: s.name.clone(),
+                data_type: data_type(s.datatype),
+                dims: dims(s),
+                ..Default::default()
+            })
+            .collect(),
+        output: model
+            .outputs()
+            .iter()
+            .map(|s| ModelOutput {
+                name: s.name.clone(),
+                data_type: data_type(s.datatype),
+                dims: dims(s),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// One model version's statistics in Triton's terms. The appliance does
+/// not time reading inputs and writing outputs apart from running the
+/// model: `compute_infer` holds all three, and `compute_input` and
+/// `compute_output` carry the same count with no time. Nothing is cached.
+pub fn model_statistics(name: String, version: u64, s: &ModelStats) -> ModelStatistics {
+    let d = |t: Timed| {
+        Some(StatisticDuration {
+            count: t.count,
+            ns: t.ns,
+        })
+    };
+    let counted = |t: Timed| {
+        d(Timed {
+            count: t.count,
+            ns: 0,
+        })
+    };
+    ModelStatistics {
+        name,
+        version: version.to_string(),
+        last_inference: s.last_inference_ms,
+        inference_count: s.inference_count,
+        execution_count: s.execution_count,
+        inference_stats: Some(InferStatistics {
+            success: d(s.success),
+            fail: d(s.fail),
+            queue: d(s.queue),
+            compute_input: counted(s.compute),
+            compute_infer: d(s.compute),
+            compute_output: counted(s.compute),
+            cache_hit: d(Timed::default()),
+            cache_miss: d(Timed::default()),
+        }),
+        batch_stats: s
+            .batches
+            .iter()
+            .map(|(&batch_size, &t)| InferBatchStatistics {
+                batch_size,
+                compute_input: counted(t),
+                compute_infer: d(t),
+                compute_output: counted(t),
+            })
+            .collect(),
+        memory_usage: Vec::new(),
+        response_stats: Default::default(),
+    }
+}
+
 /// Where an inference's time went: waiting for a worker, then running.
 #[derive(Debug, Clone, Copy, Default)]
 struct Timing {
@@ -391,6 +534,12 @@ impl GrpcInferenceService for InferenceService {
             // Clients and auditors can see a development posture: models
             // that skip signatures, and a keystore without the TPM.
             extensions: [
+                // Triton's extensions this server implements (perf_analyzer
+                // asks for statistics only when this list names them).
+                (true, "classification"),
+                (true, "model_configuration"),
+                (true, "statistics"),
+                (true, "binary_tensor_data"),
                 (
                     self.state.config.models.allow_unsigned,
                     "unsigned_models_allowed",
@@ -447,6 +596,76 @@ impl GrpcInferenceService for InferenceService {
         call.finish(result)
     }
 
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let m = request.get_ref();
+        let (name, version) = (m.name.clone(), m.version.clone());
+        let call = self
+            .state
+            .begin(&request, "ModelConfig", Need::Model(&name), &version, 0)?;
+        let result = parse_version(&version).and_then(|v| {
+            let model = self.state.registry.get(&name, v)?;
+            Ok(ModelConfigResponse {
+                config: Some(model_config(&model, &self.state.config.engine_limits())),
+            })
+        });
+        call.finish(result)
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let m = request.get_ref();
+        let (name, version) = (m.name.clone(), m.version.clone());
+        // No name: every model the caller's grant covers.
+        let need = if name.is_empty() {
+            Need::AnyGrant
+        } else {
+            Need::Model(&name)
+        };
+        let call = self
+            .state
+            .begin(&request, "ModelStatistics", need, &version, 0)?;
+        let result = parse_version(&version).and_then(|v| {
+            if !name.is_empty() {
+                // An unknown model or version is an error, as in Triton.
+                self.state.registry.get(&name, v)?;
+            }
+            let grant = self.state.grants.get(call.client());
+            let loaded: Vec<(String, u64)> = self
+                .state
+                .registry
+                .list()
+                .into_iter()
+                .filter(|(n, ver, r)| {
+                    *r == Readiness::Ready
+                        && (if name.is_empty() {
+                            grant.as_ref().is_some_and(|g| g.allows_model(n))
+                        } else {
+                            *n == name
+                        })
+                        && v.is_none_or(|v| v == *ver)
+                })
+                .map(|(n, ver, _)| (n, ver))
+                .collect();
+            let metrics = &self.state.metrics;
+            metrics.retain_models(|n, ver| self.state.registry.readiness(n, Some(ver)).is_some());
+            let stats = metrics.model_stats();
+            let model_stats = loaded
+                .into_iter()
+                .map(|(n, ver)| {
+                    let s = stats.get(&(n.clone(), ver)).cloned().unwrap_or_default();
+                    model_statistics(n, ver, &s)
+                })
+                .collect();
+            Ok(ModelStatisticsResponse { model_stats })
+        });
+        call.finish(result)
+    }
+
     async fn model_infer(
         &self,
         request: Request<ModelInferRequest>,
@@ -461,8 +680,21 @@ impl GrpcInferenceService for InferenceService {
             &version,
             bytes_in,
         )?;
-        tracing::debug!(model = %clip(&name), bytes_in, "inference started");
-        let request = request.into_inner();
+        self.infer_for(call, request.into_inner()).await
+    }
+}
+
+impl InferenceService {
+    /// Runs an inference `call` that has been admitted (the gRPC handler
+    /// and the REST form both end here): resolve, convert, run, count,
+    /// audit.
+    pub async fn infer_for(
+        &self,
+        call: Call<'_>,
+        request: ModelInferRequest,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let (name, version) = (request.model_name.clone(), request.model_version.clone());
+        tracing::debug!(model = %clip(&name), "inference started");
         let id = request.id.clone();
         let started = std::time::Instant::now();
         // The model version, once resolved, and the batch, for Triton's

@@ -1,6 +1,7 @@
 //! The listener: TCP accept, bounded connections, TLS handshake with a
-//! deadline, then HTTP/2 with the gRPC services (and `/metrics`) on each
-//! connection. There is no other listener and no plaintext path.
+//! deadline, then HTTP/2 or HTTP/1.1 on each connection, carrying the gRPC
+//! services, the protocol's REST form (`/v2/...`, [`crate::rest`]) and
+//! `/metrics`. There is no other listener and no plaintext path.
 //!
 //! Shutdown: stop accepting, ask every connection to finish gracefully
 //! (in-flight requests complete, new ones are refused), wait up to the
@@ -18,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -159,6 +161,17 @@ async fn connection(
                     body,
                     budget: budget.clone(),
                 });
+                if is_rest(&method) {
+                    let response = crate::rest::handle(state.clone(), request).await;
+                    if budget.refused() {
+                        state
+                            .metrics
+                            .inflight_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        state.record_refusal(peer.as_ref(), "ModelInfer", "RESOURCE_EXHAUSTED");
+                    }
+                    return Ok(tracked(response, open.holding(budget)));
+                }
                 let response = routes.oneshot(request).await?;
                 let response = oversize_as_exhausted(&state, peer.as_ref(), &method, response);
                 if budget.refused() {
@@ -179,13 +192,22 @@ async fn connection(
         Idle::new(tls, state.config.idle_timeout()),
         flood.clone(),
     ));
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // HTTP/2 (gRPC, and REST from clients that offer it) or HTTP/1.1
+    // (REST), told apart by the connection preface.
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     let server = &state.config.server;
     builder
+        .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(server.max_concurrent_streams)
         .keep_alive_interval(Some(Duration::from_secs(server.keepalive_interval_s)))
         .keep_alive_timeout(Duration::from_secs(server.keepalive_timeout_s));
+    // A client that dribbles a request's header gets the handshake's
+    // deadline to finish it.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.handshake_timeout());
     let conn = builder.serve_connection(io, TowerToHyperService::new(service));
     tokio::pin!(conn);
     let stall = Duration::from_secs(server.stall_timeout_s);
@@ -438,6 +460,11 @@ fn oversize_as_exhausted(
         state.record_refusal(peer, method, "RESOURCE_EXHAUSTED");
     }
     response
+}
+
+/// The REST form's paths (`/v2` and below); everything else is gRPC.
+fn is_rest(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
 }
 
 fn peer_of<B>(request: &http::Request<B>) -> Option<Peer> {

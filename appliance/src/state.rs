@@ -265,6 +265,12 @@ impl Call<'_> {
         });
     }
 
+    /// Sets the request's size, for calls admitted before their body was
+    /// read (the REST form).
+    pub fn set_bytes_in(&mut self, bytes: u64) {
+        self.bytes_in = bytes;
+    }
+
     /// The caller's client name (`-` if it has none).
     pub fn client(&self) -> &str {
         &self.client

@@ -4,7 +4,8 @@
 //! the configuration is assembled here: the ring provider, TLS 1.3 (1.2 with
 //! ECDHE+AEAD suites only when configured; rustls offers no other kind),
 //! a mandatory client certificate verified against the site CA and the
-//! current CRL, ALPN h2, and no session resumption (every connection proves
+//! current CRL, ALPN h2 and http/1.1 (gRPC and the REST form share the
+//! port), and no session resumption (every connection proves
 //! its certificate afresh, against the CRL of the moment).
 //!
 //! The server's key never leaves the key backend: rustls signs each
@@ -96,7 +97,7 @@ fn build(identity: &ServerIdentity, crl: &Crl, min: MinTls) -> Result<Arc<Server
         .map_err(tls)?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver(identity.certificate.clone(), identity.key.clone()));
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))

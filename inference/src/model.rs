@@ -252,6 +252,12 @@ impl Model {
         self.version
     }
 
+    /// Whether the model takes text (a tokenizer turns each string into a
+    /// row of the batch).
+    pub fn is_text(&self) -> bool {
+        self.text.is_some()
+    }
+
     /// The inputs clients send.
     pub fn inputs(&self) -> &[TensorSpec] {
         &self.inputs

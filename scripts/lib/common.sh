@@ -8,8 +8,9 @@ export ROOT
 # TSS libraries tss-esapi links against, tpm2-tools for independent checks),
 # openssl (the crypto benchmark's baseline), strace (the no-outbound test) and
 # faketime (the TUF client's expiry tests run under it, as the TUF conformance
-# suite does) and systemd (systemd-analyze checks the packaged unit).
-SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace faketime systemd)
+# suite does), systemd (systemd-analyze checks the packaged unit), curl (the
+# REST tests type what a user types) and libb64-0d (perf_analyzer links it).
+SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace faketime systemd curl libb64-0d)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -105,4 +106,31 @@ check_supply_chain() {
     else
         cargo deny --log-level error check
     fi
+}
+
+# perf_analyzer, Triton's load generator, for the statistics extension's
+# test: the binary tritonclient 2.51.0 ships (the newest whose binary runs
+# on Debian 12's glibc 2.36; the perf-analyzer wheels need 2.38, and pip
+# quietly installs a placeholder instead) and the CUDA runtime library it
+# links (loaded, never used: no GPU is needed). Both from PyPI, pinned by
+# hash, into target/tools/perf_analyzer (about 30 MB, once).
+PERF_ANALYZER_DIR="$ROOT/target/tools/perf_analyzer"
+ensure_perf_analyzer() {
+    [ -x "$PERF_ANALYZER_DIR/perf_analyzer" ] && [ -f "$PERF_ANALYZER_DIR/lib/libcudart.so.12" ] && return 0
+    say "installing perf_analyzer (tritonclient 2.51.0's binary; once)"
+    local tmp
+    tmp="$(mktemp -d)"
+    cat > "$tmp/requirements.txt" <<'REQ'
+tritonclient==2.51.0 --hash=sha256:c485bb0123bdf310f90bc8b03d3489b28df2ffed55b30c7eee0b795b48113d52
+nvidia-cuda-runtime-cu12==12.9.79 --hash=sha256:25bba2dfb01d48a9b59ca474a1ac43c6ebf7011f1b0b8cc44f54eb6ac48a96c3
+REQ
+    "$ROOT/target/venv/bin/pip" download --quiet --no-deps --only-binary=:all: \
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+        --require-hashes -r "$tmp/requirements.txt" -d "$tmp"
+    mkdir -p "$tmp/x" "$PERF_ANALYZER_DIR/lib"
+    "$ROOT/target/venv/bin/python" -m zipfile -e "$tmp"/tritonclient-2.51.0-*.whl "$tmp/x"
+    "$ROOT/target/venv/bin/python" -m zipfile -e "$tmp"/nvidia_cuda_runtime_cu12-*.whl "$tmp/x"
+    install -m 0755 "$tmp/x/tritonclient-2.51.0.data/data/bin/perf_analyzer" "$PERF_ANALYZER_DIR/"
+    install -m 0644 "$tmp/x/nvidia/cuda_runtime/lib/libcudart.so.12" "$PERF_ANALYZER_DIR/lib/"
+    rm -rf "$tmp"
 }

@@ -1,6 +1,8 @@
 //! The wire protocol is the published one: every message, field number, type
-//! and label of our `inference.proto`, and every RPC, equal to what the
-//! stock `tritonclient` package compiled.
+//! and label of our `inference.proto`, every enum value, and every RPC,
+//! equal to what the stock `tritonclient` package compiled. Messages from
+//! Triton's `model_config.proto` are a subset: each field we define is
+//! theirs exactly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -10,7 +12,21 @@ use prost::Message;
 use prost_types::{DescriptorProto, FileDescriptorSet};
 use serde_json::{Value, json};
 
-fn collect(prefix: &str, message: &DescriptorProto, out: &mut BTreeMap<String, Value>) {
+fn enum_values(e: &prost_types::EnumDescriptorProto) -> Value {
+    Value::Object(
+        e.value
+            .iter()
+            .map(|v| (v.name().to_owned(), json!(v.number())))
+            .collect(),
+    )
+}
+
+fn collect(
+    prefix: &str,
+    message: &DescriptorProto,
+    out: &mut BTreeMap<String, Value>,
+    enums: &mut BTreeMap<String, Value>,
+) {
     let name = format!("{prefix}.{}", message.name());
     let mut fields = serde_json::Map::new();
     for f in &message.field {
@@ -26,8 +42,11 @@ fn collect(prefix: &str, message: &DescriptorProto, out: &mut BTreeMap<String, V
         );
     }
     out.insert(name.clone(), Value::Object(fields));
+    for e in &message.enum_type {
+        enums.insert(format!("{name}.{}", e.name()), enum_values(e));
+    }
     for nested in &message.nested_type {
-        collect(&name, nested, out);
+        collect(&name, nested, out, enums);
     }
 }
 
@@ -51,15 +70,37 @@ fn our_protocol_matches_the_one_tritonclient_ships() {
         .find(|f| f.package() == "inference")
         .unwrap();
     let mut ours = BTreeMap::new();
+    let mut enums = BTreeMap::new();
     for message in &file.message_type {
-        collect("inference", message, &mut ours);
+        collect("inference", message, &mut ours, &mut enums);
     }
-    assert!(ours.len() >= 15, "{:?}", ours.keys());
+    for e in &file.enum_type {
+        enums.insert(format!("inference.{}", e.name()), enum_values(e));
+    }
+    assert!(ours.len() >= 30, "{:?}", ours.keys());
     for (name, fields) in &ours {
-        // Map entries are synthesised the same way on both sides.
+        if theirs["files"][name] == "model_config.proto" {
+            // A subset of Triton's model configuration: what we define is
+            // exactly theirs.
+            for (field, spec) in fields.as_object().unwrap() {
+                assert_eq!(
+                    &theirs["messages"][name][field], spec,
+                    "field {name}.{field} differs from tritonclient's"
+                );
+            }
+        } else {
+            // Map entries are synthesised the same way on both sides.
+            assert_eq!(
+                &theirs["messages"][name], fields,
+                "message {name} differs from tritonclient's"
+            );
+        }
+    }
+    assert!(enums.contains_key("inference.DataType"), "{enums:?}");
+    for (name, values) in &enums {
         assert_eq!(
-            &theirs["messages"][name], fields,
-            "message {name} differs from tritonclient's"
+            &theirs["enums"][name], values,
+            "enum {name} differs from tritonclient's"
         );
     }
     let service = file
