@@ -14,6 +14,8 @@ Commands:
   call ENDPOINT        one call (live|ready|metadata|model-ready|infer), JSON {ok, status, message}
   stats MODEL          the model's configuration and statistics through both stock clients:
                        JSON {grpc_config, http_config, grpc_stats, http_stats}
+  slow-header SECONDS  a TLS session (ALPN http/1.1) that sends half a request header and then
+                       nothing; JSON {closed_by_server, after_s, answer} (what the server sent)
   latency MODELS_DIR N N single-digit inferences through the HTTP client (binary tensors, one
                        connection) and then N through the gRPC client; JSON {rest_p50_ms,
                        grpc_p50_ms, rest_p90_ms, grpc_p90_ms}
@@ -139,6 +141,35 @@ def stats(args):
     }))
 
 
+def slow_header(args):
+    import socket
+    import ssl
+
+    certs = Path(args.certs)
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.load_cert_chain(str(certs / "cert.pem"), str(certs / "key.pem"))
+    ctx.set_alpn_protocols(["http/1.1"])
+    host, port = args.url.rsplit(":", 1)
+    s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=args.seconds),
+                        server_hostname=host)
+    start = time.monotonic()
+    s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+    answer, closed = b"", False
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            answer += chunk
+    except (socket.timeout, TimeoutError):
+        pass
+    except OSError:
+        closed = True
+    print(json.dumps({"closed_by_server": closed, "after_s": time.monotonic() - start,
+                      "answer": answer.decode(errors="replace")}))
+
+
 def latency(args):
     x, _ = digits(args.models, 1)
 
@@ -179,13 +210,16 @@ def main():
     k.add_argument("models")
     c = sub.add_parser("call")
     c.add_argument("endpoint")
+    sh = sub.add_parser("slow-header")
+    sh.add_argument("seconds", type=float)
     st = sub.add_parser("stats")
     st.add_argument("model")
     lat = sub.add_parser("latency")
     lat.add_argument("models")
     lat.add_argument("n", type=int)
     args = p.parse_args()
-    {"check": check, "call": call, "stats": stats, "latency": latency}[args.command](args)
+    {"check": check, "call": call, "stats": stats, "slow-header": slow_header,
+     "latency": latency}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ fn error_of(body: &str) -> String {
 
 #[test]
 fn the_stock_http_client_and_curl_are_served_over_mtls() {
-    let mut app = Appliance::start("max_message_bytes = 65536\n");
+    let mut app = Appliance::start("max_message_bytes = 65536\nhandshake_timeout_ms = 2000\n");
     app.load_reference_models();
     let client = app.client("web-app");
     app.grant("web-app", "digits,minilm");
@@ -252,6 +252,13 @@ fn the_stock_http_client_and_curl_are_served_over_mtls() {
     let (code, body) = curl(&app, Some(&stranger), &["--http1.1"], "/v2/health/live");
     assert_eq!(code, 403, "{body}");
     assert!(error_of(&body).contains("has no grant"));
+
+    // A client that never finishes its HTTP/1.1 header is cut after
+    // handshake_timeout_ms, not left to hold its connection.
+    let slow = rest_client(&app, &client, &["slow-header", "15"]);
+    assert_eq!(slow["closed_by_server"], true, "{slow}");
+    let after = slow["after_s"].as_f64().unwrap();
+    assert!((1.5..10.0).contains(&after), "{slow}");
 
     // REST calls are audited and counted as the gRPC calls they mirror.
     let records = app.provision_ok(&["audit", "export"]);

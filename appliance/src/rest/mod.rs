@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use tonic::Code;
 use wire::inference::grpc_inference_service_server::GrpcInferenceService;
 use wire::inference::{
@@ -159,7 +159,7 @@ fn grpc_request<T>(message: T, peer: Option<&Peer>) -> tonic::Request<T> {
 /// Answers one `/v2/...` request.
 pub async fn handle<B>(state: Arc<AppState>, request: http::Request<B>) -> Reply
 where
-    B: http_body::Body<Data = Bytes, Error = tonic::Status> + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = tonic::Status> + Send + Unpin + 'static,
 {
     let peer = request.extensions().get::<Peer>().cloned();
     let Some(route) = Route::parse(request.uri().path()) else {
@@ -342,6 +342,52 @@ fn stats_json(r: &wire::inference::ModelStatisticsResponse) -> serde_json::Value
     serde_json::json!({ "model_stats": models })
 }
 
+/// Why a body was not read.
+enum Unread {
+    /// Over the limit.
+    TooLarge,
+    /// The body failed (budget spent, client gone).
+    Body(tonic::Status),
+}
+
+/// How far past the limit a refused body is still read and dropped, so
+/// that the client, still sending, gets to read the 413 (HTTP/1.1 cannot
+/// answer mid-upload without closing, and curl reports a reset stream as
+/// a failure). Past this the answer goes out at once.
+const DRAIN_PAST_LIMIT: u64 = 4 << 20;
+
+/// Reads a body of at most `limit` bytes; a larger one is dropped as it
+/// arrives (up to [`DRAIN_PAST_LIMIT`] more), never held.
+async fn read_body<B>(mut body: B, limit: usize, declared: Option<u64>) -> Result<Bytes, Unread>
+where
+    B: http_body::Body<Data = Bytes, Error = tonic::Status> + Unpin,
+{
+    let limit = limit as u64;
+    if declared.is_some_and(|n| n > limit + DRAIN_PAST_LIMIT) {
+        return Err(Unread::TooLarge);
+    }
+    let mut held = bytes::BytesMut::new();
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(Unread::Body)?.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > limit {
+            held = bytes::BytesMut::new();
+            if seen > limit + DRAIN_PAST_LIMIT {
+                break;
+            }
+        } else {
+            held.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return Err(Unread::TooLarge);
+    }
+    Ok(held.freeze())
+}
+
 /// `POST /v2/models/{m}[/versions/{v}]/infer`: admitted first (so neither
 /// a client without a grant nor one over its rate makes the server read a
 /// body), then read within `server.max_message_bytes`, parsed, and run as
@@ -355,7 +401,7 @@ async fn infer<B>(
     version: String,
 ) -> Reply
 where
-    B: http_body::Body<Data = Bytes, Error = tonic::Status> + Send + 'static,
+    B: http_body::Body<Data = Bytes, Error = tonic::Status> + Send + Unpin + 'static,
 {
     let mut call = match state.begin_peer(peer, "ModelInfer", Need::Model(&name), &version, 0) {
         Ok(call) => call,
@@ -395,35 +441,24 @@ where
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        let status = call.fail(AppError::Exhausted(too_large()));
-        return error(StatusCode::PAYLOAD_TOO_LARGE, status.message());
-    }
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
-            if e.is::<http_body_util::LengthLimitError>() {
-                let status = call.fail(AppError::Exhausted(too_large()));
-                return error(StatusCode::PAYLOAD_TOO_LARGE, status.message());
-            }
-            return match e.downcast::<tonic::Status>() {
-                // The server's budget of request bytes is spent: the
-                // listener audits that refusal (as it does for gRPC).
-                Ok(status) if status.code() == Code::ResourceExhausted => {
-                    drop(call);
-                    failed(&status)
-                }
-                // The client went away mid-body, or sent a broken one.
-                e => {
-                    let why = match e {
-                        Ok(status) => status.message().to_owned(),
-                        Err(e) => e.to_string(),
-                    };
-                    failed(&call.fail(AppError::InvalidArgument(format!(
-                        "reading the request body: {why}"
-                    ))))
-                }
-            };
+    let body = match read_body(body, limit, declared).await {
+        Ok(body) => body,
+        Err(Unread::TooLarge) => {
+            let status = call.fail(AppError::Exhausted(too_large()));
+            return error(StatusCode::PAYLOAD_TOO_LARGE, status.message());
+        }
+        // The server's budget of request bytes is spent: the listener
+        // audits that refusal (as it does for gRPC).
+        Err(Unread::Body(status)) if status.code() == Code::ResourceExhausted => {
+            drop(call);
+            return failed(&status);
+        }
+        // The client went away mid-body, or sent a broken one.
+        Err(Unread::Body(status)) => {
+            return failed(&call.fail(AppError::InvalidArgument(format!(
+                "reading the request body: {}",
+                status.message()
+            ))));
         }
     };
     call.set_bytes_in(body.len() as u64);
@@ -503,6 +538,37 @@ mod tests {
         ] {
             assert_eq!(Route::parse(path), route, "{path}");
         }
+    }
+
+    fn body(
+        chunks: Vec<usize>,
+    ) -> impl http_body::Body<Data = Bytes, Error = tonic::Status> + Unpin {
+        let frames = chunks
+            .into_iter()
+            .map(|n| Ok::<_, tonic::Status>(http_body::Frame::data(Bytes::from(vec![b'x'; n]))));
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[test]
+    fn bodies_over_the_limit_are_dropped_not_held() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ok = read_body(body(vec![10, 20, 34]), 64, None).await;
+            assert_eq!(ok.ok().map(|b| b.len()), Some(64));
+            for (chunks, declared) in [
+                (vec![64, 1], None),
+                (vec![40, 40], Some(80)),
+                // Declared far past the limit: refused before reading.
+                (vec![], Some(64 + DRAIN_PAST_LIMIT + 1)),
+                // Sent far past the limit: reading stops.
+                (vec![1 << 20; 8], None),
+            ] {
+                let r = read_body(body(chunks.clone()), 64, declared).await;
+                assert!(matches!(r, Err(Unread::TooLarge)), "{chunks:?}");
+            }
+        });
     }
 
     #[test]
