@@ -216,8 +216,8 @@ fn check_contents(deb: &Path) {
         "/usr/share/fish/vendor_completions.d/appliance.fish",
         "-rw-r--r--",
     );
-    // Nothing else: no stray man page (the hidden generate-assets command
-    // has none), no build leftovers.
+    // Nothing else: no stray man page (generate-assets, a packagers'
+    // command outside the documented CLI, has none), no build leftovers.
     let files: Vec<&str> = contents.lines().filter(|l| !l.starts_with('d')).collect();
     assert_eq!(
         files.len(),
@@ -251,15 +251,29 @@ fn check_man_pages() {
     }
     let run_page = run("man", &["-l", "/usr/share/man/man1/appliance-run.1.gz"]);
     assert!(run_page.contains("--config"), "{run_page}");
-    // The bash completion loads and completes the subcommands.
+    // The bash completion loads and completes the subcommands (and knows
+    // nothing of generate-assets).
     let complete = run(
         "bash",
         &[
             "-c",
-            "source /usr/share/bash-completion/completions/appliance && complete -p appliance",
+            "source /usr/share/bash-completion/completions/appliance \
+             && COMP_WORDS=(appliance id) COMP_CWORD=1 && _appliance appliance id appliance \
+             && echo \"${COMPREPLY[@]}\"",
         ],
     );
-    assert!(complete.contains("appliance"), "{complete}");
+    assert_eq!(complete.trim(), "identity");
+    for file in [
+        "/usr/share/bash-completion/completions/appliance",
+        "/usr/share/zsh/vendor-completions/_appliance",
+        "/usr/share/fish/vendor_completions.d/appliance.fish",
+    ] {
+        let script = std::fs::read_to_string(file).unwrap();
+        assert!(
+            script.contains("factory-reset") && !script.contains("generate-assets"),
+            "{file}"
+        );
+    }
 }
 
 /// The installed system: user, group, state directory, unit.
