@@ -76,6 +76,20 @@ enum Command {
     },
 }
 
+/// Commands for packagers only, outside [`Cli`] so that no help text, man
+/// page or completion shows them.
+#[derive(Parser)]
+#[command(name = "appliance")]
+enum Packaging {
+    /// Write the man pages and shell completions of `appliance` (for
+    /// packaging: `scripts/package` runs it before `cargo deb`).
+    GenerateAssets {
+        /// Directory to write into: `man/` and `completions/` are made in it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 #[derive(Subcommand)]
 enum IdentityCommand {
     /// Create the TLS key inside the keystore and write a certificate
@@ -146,6 +160,23 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "generate-assets")
+    {
+        let Packaging::GenerateAssets { out } = Packaging::parse();
+        return match generate_assets(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("appliance: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Whatever starts it (the unit sets UMask=0077 too), nothing the
+    // appliance writes (store, audit archive, exports) is readable by
+    // other users.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     init_tracing();
     let (config_path, insecure) = match &cli.command {
@@ -243,6 +274,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Man pages (`man/appliance.1`, `man/appliance-run.1`, … one per visible
+/// subcommand, roff as clap_mangen writes it) and shell completions
+/// (`completions/appliance.bash`, `_appliance` for zsh, `appliance.fish`)
+/// under `out`, all from the clap definitions above, so they always match
+/// the binary that wrote them.
+fn generate_assets(out: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for dir in [&man, &completions] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // One page per command, named after its path (`appliance-identity-csr`),
+    // each footed with the package's name and version.
+    fn pages(command: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+        for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+            pages(sub, dir)?;
+        }
+        clap_mangen::Man::new(command.clone())
+            .source(format!("appliance {}", env!("CARGO_PKG_VERSION")))
+            .manual("Appliance Manual")
+            .generate_to(dir)
+            .map(drop)
+    }
+    let mut command = Cli::command().disable_help_subcommand(true);
+    command.build();
+    pages(&command, &man).with_context(|| format!("writing man pages to {}", man.display()))?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        let mut command = Cli::command();
+        clap_complete::generate_to(shell, &mut command, "appliance", &completions)
+            .with_context(|| format!("writing the {shell} completion"))?;
+    }
+    println!(
+        "man pages in {}, completions in {}",
+        man.display(),
+        completions.display()
+    );
+    Ok(())
 }
 
 fn init_tracing() {

@@ -9,8 +9,11 @@ export ROOT
 # openssl (the crypto benchmark's baseline), strace (the no-outbound test) and
 # faketime (the TUF client's expiry tests run under it, as the TUF conformance
 # suite does), systemd (systemd-analyze checks the packaged unit), curl (the
-# REST tests type what a user types) and libb64-0d (perf_analyzer links it).
-SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace faketime systemd curl libb64-0d)
+# REST tests type what a user types), libb64-0d (perf_analyzer links it),
+# dpkg-dev (cargo deb computes the package's dependencies with
+# dpkg-shlibdeps) and man-db (the package test renders the man pages).
+SYSTEM_PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config openssl strace faketime systemd
+    curl libb64-0d dpkg-dev man-db)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -85,6 +88,16 @@ ensure_cargo_deny() {
     if ! cargo deny --version 2>/dev/null | grep -q " $CARGO_DENY_VERSION\$"; then
         say "installing cargo-deny $CARGO_DENY_VERSION (once)"
         cargo install --locked --quiet cargo-deny --version "$CARGO_DENY_VERSION"
+    fi
+}
+
+# cargo-deb, pinned, installed once into ~/.cargo/bin (about a minute on 2
+# cores): scripts/package and the package test (tests/tests/package.rs) use it.
+CARGO_DEB_VERSION=3.8.0
+ensure_cargo_deb() {
+    if ! cargo deb --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION\$"; then
+        say "installing cargo-deb $CARGO_DEB_VERSION (once)"
+        cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
     fi
 }
 

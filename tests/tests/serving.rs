@@ -149,6 +149,16 @@ fn payloads_reach_neither_disk_nor_logs_and_every_call_is_audited() {
         }
     }
     assert!(scanned > 3);
+    // Nothing the daemon wrote is readable by other users, whatever the
+    // umask it was started under (this test's is the usual 022).
+    for (path, _) in files_under(&data) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        let dir = path.parent().unwrap();
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", dir.display());
+    }
 
     // Every call of this test is in the audit log, with the client's name.
     let records: Vec<serde_json::Value> = admin_calls
