@@ -149,7 +149,8 @@ pub struct ServerConfig {
     /// Lowest TLS version: "1.3" (default) or "1.2" (then ECDHE+AEAD only).
     #[serde(default = "default_min_tls")]
     pub min_tls_version: String,
-    /// Largest gRPC message accepted or sent, in bytes.
+    /// Largest gRPC message accepted or sent, and largest REST request
+    /// body, in bytes.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
     /// Request bytes the server holds at once, across all connections, in
@@ -160,7 +161,8 @@ pub struct ServerConfig {
     /// Open connections beyond this are closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// A client that has not finished its TLS handshake by then is dropped.
+    /// A client that has not finished its TLS handshake by then is dropped
+    /// (and an HTTP/1.1 client that has not finished a request header).
     #[serde(default = "default_handshake_ms")]
     pub handshake_timeout_ms: u64,
     /// A connection with no open request for this long is closed (HTTP/2

@@ -482,6 +482,10 @@ fn metrics(state: &AppState, peer: &Option<Peer>) -> http::Response<tonic::body:
     };
     match state.begin_peer(peer.as_ref(), "Metrics", Need::Admin, "", 0) {
         Ok(call) => {
+            // Versions no longer loaded leave the exposition (as in Triton).
+            state.metrics.retain_models(|name, version| {
+                state.registry.readiness(name, Some(version)).is_some()
+            });
             let models_ready = state
                 .registry
                 .list()
