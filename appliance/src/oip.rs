@@ -265,23 +265,23 @@ fn classified(output: &OutputTensor, k: usize) -> Result<(Vec<i64>, Bytes), AppE
     Ok((shape, Bytes::from(raw)))
 }
 
-/// Triton's data type enum for one of the protocol's datatype names.
+/// Triton's data type enum for one of the protocol's datatypes.
 fn data_type(datatype: inference::DataType) -> i32 {
-    let t = match datatype.as_str() {
-        "BOOL" => DataType::TypeBool,
-        "UINT8" => DataType::TypeUint8,
-        "UINT16" => DataType::TypeUint16,
-        "UINT32" => DataType::TypeUint32,
-        "UINT64" => DataType::TypeUint64,
-        "INT8" => DataType::TypeInt8,
-        "INT16" => DataType::TypeInt16,
-        "INT32" => DataType::TypeInt32,
-        "INT64" => DataType::TypeInt64,
-        "FP16" => DataType::TypeFp16,
-        "FP32" => DataType::TypeFp32,
-        "FP64" => DataType::TypeFp64,
-        "BYTES" => DataType::TypeString,
-        "BF16" => DataType::TypeBf16,
+    use inference::DataType as D;
+    let t = match datatype {
+        D::Bool => DataType::TypeBool,
+        D::U8 => DataType::TypeUint8,
+        D::U16 => DataType::TypeUint16,
+        D::U32 => DataType::TypeUint32,
+        D::U64 => DataType::TypeUint64,
+        D::I8 => DataType::TypeInt8,
+        D::I16 => DataType::TypeInt16,
+        D::I32 => DataType::TypeInt32,
+        D::I64 => DataType::TypeInt64,
+        D::F16 => DataType::TypeFp16,
+        D::F32 => DataType::TypeFp32,
+        D::F64 => DataType::TypeFp64,
+        D::Bytes => DataType::TypeString,
         _ => DataType::TypeInvalid,
     };
     t as i32
@@ -651,9 +651,8 @@ impl GrpcInferenceService for InferenceService {
                 })
                 .map(|(n, ver, _)| (n, ver))
                 .collect();
-            let metrics = &self.state.metrics;
-            metrics.retain_models(|n, ver| self.state.registry.readiness(n, Some(ver)).is_some());
-            let stats = metrics.model_stats();
+            self.state.forget_unloaded_model_stats();
+            let stats = self.state.metrics.model_stats();
             let model_stats = loaded
                 .into_iter()
                 .map(|(n, ver)| {

@@ -161,25 +161,22 @@ async fn connection(
                     body,
                     budget: budget.clone(),
                 });
-                if is_rest(&method) {
+                // The RPC a refusal is audited under: REST reads a body
+                // only for inference.
+                let (response, rpc) = if is_rest(&method) {
                     let response = crate::rest::handle(state.clone(), request).await;
-                    if budget.refused() {
-                        state
-                            .metrics
-                            .inflight_refused
-                            .fetch_add(1, Ordering::Relaxed);
-                        state.record_refusal(peer.as_ref(), "ModelInfer", "RESOURCE_EXHAUSTED");
-                    }
-                    return Ok(tracked(response, open.holding(budget)));
-                }
-                let response = routes.oneshot(request).await?;
-                let response = oversize_as_exhausted(&state, peer.as_ref(), &method, response);
+                    (response, "ModelInfer")
+                } else {
+                    let response = routes.oneshot(request).await?;
+                    let response = oversize_as_exhausted(&state, peer.as_ref(), &method, response);
+                    (response, method.as_str())
+                };
                 if budget.refused() {
                     state
                         .metrics
                         .inflight_refused
                         .fetch_add(1, Ordering::Relaxed);
-                    state.record_refusal(peer.as_ref(), &method, "RESOURCE_EXHAUSTED");
+                    state.record_refusal(peer.as_ref(), rpc, "RESOURCE_EXHAUSTED");
                 }
                 // The bytes stay counted until the answer is sent: the
                 // decoded request lives that long.
@@ -482,10 +479,7 @@ fn metrics(state: &AppState, peer: &Option<Peer>) -> http::Response<tonic::body:
     };
     match state.begin_peer(peer.as_ref(), "Metrics", Need::Admin, "", 0) {
         Ok(call) => {
-            // Versions no longer loaded leave the exposition (as in Triton).
-            state.metrics.retain_models(|name, version| {
-                state.registry.readiness(name, Some(version)).is_some()
-            });
+            state.forget_unloaded_model_stats();
             let models_ready = state
                 .registry
                 .list()

@@ -173,6 +173,13 @@ impl AppState {
 }
 
 impl AppState {
+    /// Drops the statistics of model versions no longer loaded, before
+    /// `/metrics` or the statistics extension reads them (as in Triton).
+    pub fn forget_unloaded_model_stats(&self) {
+        self.metrics
+            .retain_models(|name, version| self.registry.readiness(name, Some(version)).is_some());
+    }
+
     /// Audits a call the transport refused before any handler ran (a
     /// message over the size limit), under the RPC name of its gRPC path
     /// (`/inference.GRPCInferenceService/ModelInfer` → `ModelInfer`).

@@ -24,6 +24,8 @@ use wire::inference::infer_parameter::ParameterChoice;
 use wire::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use wire::inference::{InferParameter, ModelInferRequest, ModelInferResponse};
 
+use inference::DataType;
+
 use crate::error::AppError;
 use crate::state::clip;
 
@@ -164,7 +166,7 @@ pub fn parse_request(
                 binary.split_to(n)
             }
             (None, Some(json)) => {
-                let datatype = Datatype::parse(&input.datatype).ok_or_else(|| {
+                let datatype = json_datatype(&input.datatype).ok_or_else(|| {
                     bad(format!(
                         "{whose}: datatype `{}` cannot be sent as JSON (use binary data)",
                         clip(&input.datatype)
@@ -262,62 +264,14 @@ fn without_values(message: &str) -> String {
     out
 }
 
-/// The datatypes the JSON form carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Datatype {
-    Bool,
-    I8,
-    I16,
-    I32,
-    I64,
-    U8,
-    U16,
-    U32,
-    U64,
-    F32,
-    F64,
-    Bytes,
-}
-
-impl Datatype {
-    fn parse(name: &str) -> Option<Datatype> {
-        Some(match name {
-            "BOOL" => Datatype::Bool,
-            "INT8" => Datatype::I8,
-            "INT16" => Datatype::I16,
-            "INT32" => Datatype::I32,
-            "INT64" => Datatype::I64,
-            "UINT8" => Datatype::U8,
-            "UINT16" => Datatype::U16,
-            "UINT32" => Datatype::U32,
-            "UINT64" => Datatype::U64,
-            "FP32" => Datatype::F32,
-            "FP64" => Datatype::F64,
-            "BYTES" => Datatype::Bytes,
-            _ => return None,
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Datatype::Bool => "BOOL",
-            Datatype::I8 => "INT8",
-            Datatype::I16 => "INT16",
-            Datatype::I32 => "INT32",
-            Datatype::I64 => "INT64",
-            Datatype::U8 => "UINT8",
-            Datatype::U16 => "UINT16",
-            Datatype::U32 => "UINT32",
-            Datatype::U64 => "UINT64",
-            Datatype::F32 => "FP32",
-            Datatype::F64 => "FP64",
-            Datatype::Bytes => "BYTES",
-        }
-    }
+/// The datatype named `name` if the JSON form carries it (all but FP16,
+/// which JSON numbers cannot round-trip; it goes as binary data).
+fn json_datatype(name: &str) -> Option<DataType> {
+    name.parse().ok().filter(|d| *d != DataType::F16)
 }
 
 /// A tensor's JSON `data`, flat or nested, as little-endian bytes.
-fn flatten(json: &RawValue, datatype: Datatype) -> Result<Vec<u8>, serde_json::Error> {
+fn flatten(json: &RawValue, datatype: DataType) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::new();
     let mut de = serde_json::Deserializer::from_str(json.get());
     Flatten {
@@ -331,7 +285,7 @@ fn flatten(json: &RawValue, datatype: Datatype) -> Result<Vec<u8>, serde_json::E
 }
 
 struct Flatten<'o> {
-    datatype: Datatype,
+    datatype: DataType,
     out: &'o mut Vec<u8>,
     depth: usize,
 }
@@ -346,31 +300,44 @@ impl<'de> DeserializeSeed<'de> for Flatten<'_> {
 
 impl Flatten<'_> {
     fn integer<E: serde::de::Error>(self, v: i128) -> Result<(), E> {
-        if matches!(self.datatype, Datatype::Bool | Datatype::Bytes) {
+        if !matches!(
+            self.datatype,
+            DataType::I8
+                | DataType::I16
+                | DataType::I32
+                | DataType::I64
+                | DataType::U8
+                | DataType::U16
+                | DataType::U32
+                | DataType::U64
+                | DataType::F32
+                | DataType::F64
+        ) {
             return Err(self.wrong("a number"));
         }
         // The value itself stays out of the message (it is payload).
         let range = || {
             E::custom(format!(
                 "a value is out of range for {}",
-                self.datatype.name()
+                self.datatype.as_str()
             ))
         };
         let out = self.out;
         match self.datatype {
-            Datatype::I8 => out.extend(i8::try_from(v).map_err(|_| range())?.to_le_bytes()),
-            Datatype::I16 => out.extend(i16::try_from(v).map_err(|_| range())?.to_le_bytes()),
-            Datatype::I32 => out.extend(i32::try_from(v).map_err(|_| range())?.to_le_bytes()),
-            Datatype::I64 => out.extend(i64::try_from(v).map_err(|_| range())?.to_le_bytes()),
-            Datatype::U8 => out.extend(u8::try_from(v).map_err(|_| range())?.to_le_bytes()),
-            Datatype::U16 => out.extend(u16::try_from(v).map_err(|_| range())?.to_le_bytes()),
-            Datatype::U32 => out.extend(u32::try_from(v).map_err(|_| range())?.to_le_bytes()),
-            Datatype::U64 => out.extend(u64::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::I8 => out.extend(i8::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::I16 => out.extend(i16::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::I32 => out.extend(i32::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::I64 => out.extend(i64::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::U8 => out.extend(u8::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::U16 => out.extend(u16::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::U32 => out.extend(u32::try_from(v).map_err(|_| range())?.to_le_bytes()),
+            DataType::U64 => out.extend(u64::try_from(v).map_err(|_| range())?.to_le_bytes()),
             // Integers are exact in f64 up to 2^53; JSON writers print
             // whole floats as integers.
-            Datatype::F32 => out.extend((v as f32).to_le_bytes()),
-            Datatype::F64 => out.extend((v as f64).to_le_bytes()),
-            Datatype::Bool | Datatype::Bytes => {}
+            DataType::F32 => out.extend((v as f32).to_le_bytes()),
+            DataType::F64 => out.extend((v as f64).to_le_bytes()),
+            // Refused above.
+            _ => {}
         }
         Ok(())
     }
@@ -378,7 +345,7 @@ impl Flatten<'_> {
     fn wrong<E: serde::de::Error>(&self, found: &str) -> E {
         E::custom(format!(
             "found {found} in the data of a {} tensor",
-            self.datatype.name()
+            self.datatype.as_str()
         ))
     }
 }
@@ -390,7 +357,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         write!(
             f,
             "{} values, flat or in nested arrays",
-            self.datatype.name()
+            self.datatype.as_str()
         )
     }
 
@@ -417,7 +384,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
-        if self.datatype != Datatype::Bool {
+        if self.datatype != DataType::Bool {
             return Err(self.wrong("true or false"));
         }
         self.out.push(u8::from(v));
@@ -434,15 +401,15 @@ impl<'de> Visitor<'de> for Flatten<'_> {
 
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
         match self.datatype {
-            Datatype::F32 => self.out.extend((v as f32).to_le_bytes()),
-            Datatype::F64 => self.out.extend(v.to_le_bytes()),
+            DataType::F32 => self.out.extend((v as f32).to_le_bytes()),
+            DataType::F64 => self.out.extend(v.to_le_bytes()),
             _ => return Err(self.wrong("a fractional number")),
         }
         Ok(())
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        if self.datatype != Datatype::Bytes {
+        if self.datatype != DataType::Bytes {
             return Err(self.wrong("a string"));
         }
         let len = u32::try_from(v.len()).map_err(|_| E::custom("a string is too long"))?;
@@ -487,7 +454,7 @@ struct BinarySize {
 
 /// An output's raw little-endian bytes, written as a flat JSON array.
 struct Data<'a> {
-    datatype: Datatype,
+    datatype: DataType,
     raw: &'a [u8],
 }
 
@@ -508,18 +475,18 @@ impl Serialize for Data<'_> {
         }
         let raw = self.raw;
         match self.datatype {
-            Datatype::Bool => each(s, raw, |[b]: [u8; 1]| b != 0),
-            Datatype::I8 => each(s, raw, i8::from_le_bytes),
-            Datatype::I16 => each(s, raw, i16::from_le_bytes),
-            Datatype::I32 => each(s, raw, i32::from_le_bytes),
-            Datatype::I64 => each(s, raw, i64::from_le_bytes),
-            Datatype::U8 => each(s, raw, u8::from_le_bytes),
-            Datatype::U16 => each(s, raw, u16::from_le_bytes),
-            Datatype::U32 => each(s, raw, u32::from_le_bytes),
-            Datatype::U64 => each(s, raw, u64::from_le_bytes),
-            Datatype::F32 => each(s, raw, f32::from_le_bytes),
-            Datatype::F64 => each(s, raw, f64::from_le_bytes),
-            Datatype::Bytes => {
+            DataType::Bool => each(s, raw, |[b]: [u8; 1]| b != 0),
+            DataType::I8 => each(s, raw, i8::from_le_bytes),
+            DataType::I16 => each(s, raw, i16::from_le_bytes),
+            DataType::I32 => each(s, raw, i32::from_le_bytes),
+            DataType::I64 => each(s, raw, i64::from_le_bytes),
+            DataType::U8 => each(s, raw, u8::from_le_bytes),
+            DataType::U16 => each(s, raw, u16::from_le_bytes),
+            DataType::U32 => each(s, raw, u32::from_le_bytes),
+            DataType::U64 => each(s, raw, u64::from_le_bytes),
+            DataType::F32 => each(s, raw, f32::from_le_bytes),
+            DataType::F64 => each(s, raw, f64::from_le_bytes),
+            DataType::Bytes => {
                 let mut seq = s.serialize_seq(None)?;
                 let mut rest = raw;
                 while rest.len() >= 4 {
@@ -530,6 +497,8 @@ impl Serialize for Data<'_> {
                 }
                 seq.end()
             }
+            // FP16: `json_datatype` never yields it.
+            _ => Err(serde::ser::Error::custom("no JSON form for this datatype")),
         }
     }
 }
@@ -563,7 +532,7 @@ pub fn encode_response(
                 None,
             )
         } else {
-            let datatype = Datatype::parse(&output.datatype).ok_or_else(|| {
+            let datatype = json_datatype(&output.datatype).ok_or_else(|| {
                 bad(format!(
                     "output `{}` ({}) can only be returned as binary data: \
                      set its binary_data parameter",
