@@ -503,24 +503,22 @@ impl Appliance {
 
     /// As [`Appliance::triton`], with extra options before the command.
     pub fn triton_with(&self, certs: &Path, options: &[&str], args: &[&str]) -> serde_json::Value {
-        let out = Command::new(venv_python())
-            .arg(workspace_root().join("tests/python/oip_client.py"))
-            .arg("--url")
-            .arg(self.address.to_string())
-            .arg("--certs")
-            .arg(certs)
-            .args(options)
-            .args(args)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "oip_client {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_str(stdout.lines().last().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("oip_client {args:?} printed no JSON ({e}): {stdout}"))
+        client_script(
+            "oip_client.py",
+            &self.address.to_string(),
+            certs,
+            options,
+            args,
+        )
+    }
+
+    /// Runs the stock HTTP-client script (`tests/python/rest_client.py`,
+    /// REST over HTTP/1.1) as the client of bundle `certs`; returns its
+    /// JSON output. It names the server `localhost`, as its certificate
+    /// does.
+    pub fn rest(&self, certs: &Path, args: &[&str]) -> serde_json::Value {
+        let url = format!("localhost:{}", self.address.port());
+        client_script("rest_client.py", &url, certs, &[], args)
     }
 
     /// `GET /metrics` with curl as the client of bundle `certs`: (HTTP
@@ -601,6 +599,36 @@ impl Appliance {
 
 /// The daemon's pid: the child itself, or under a wrapper the wrapper's
 /// child.
+/// Runs `tests/python/<script>` against `url` as the client of bundle
+/// `certs` and returns the JSON object its last line prints; fails the test
+/// if it fails.
+fn client_script(
+    script: &str,
+    url: &str,
+    certs: &Path,
+    options: &[&str],
+    args: &[&str],
+) -> serde_json::Value {
+    let out = Command::new(venv_python())
+        .arg(workspace_root().join("tests/python").join(script))
+        .arg("--url")
+        .arg(url)
+        .arg("--certs")
+        .arg(certs)
+        .args(options)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script} {args:?} printed no JSON ({e}): {stdout}"))
+}
+
 fn daemon_pid(child: &Child) -> u32 {
     std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
         .ok()

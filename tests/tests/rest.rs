@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use test_support::{venv_python, workspace_root};
 use tests::Appliance;
 
 /// curl against the appliance as the client of bundle `certs`: (HTTP
@@ -33,26 +32,6 @@ fn curl(app: &Appliance, certs: Option<&Path>, options: &[&str], path: &str) -> 
     (code.parse().unwrap_or(0), body.to_owned())
 }
 
-fn rest_client(app: &Appliance, certs: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(venv_python())
-        .arg(workspace_root().join("tests/python/rest_client.py"))
-        .arg("--url")
-        .arg(format!("localhost:{}", app.address.port()))
-        .arg("--certs")
-        .arg(certs)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "rest_client {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("rest_client {args:?} printed no JSON ({e}): {stdout}"))
-}
-
 fn error_of(body: &str) -> String {
     let v: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
@@ -71,7 +50,7 @@ fn the_stock_http_client_and_curl_are_served_over_mtls() {
     let models = test_support::models_dir();
     let models = models.to_str().unwrap();
 
-    let report = rest_client(&app, &client, &["check", models]);
+    let report = app.rest(&client, &["check", models]);
     assert_eq!(report["live"], true, "{report}");
     assert_eq!(report["ready"], true);
     assert_eq!(report["model_ready"], true);
@@ -226,7 +205,7 @@ fn the_stock_http_client_and_curl_are_served_over_mtls() {
     // The stock client sees a refusal as an exception with the message.
     let other = app.client("other-app");
     app.grant("other-app", "minilm");
-    let report = rest_client(&app, &other, &["call", "infer"]);
+    let report = app.rest(&other, &["call", "infer"]);
     assert_eq!(report["ok"], false, "{report}");
     assert!(
         report["message"]
@@ -255,7 +234,7 @@ fn the_stock_http_client_and_curl_are_served_over_mtls() {
 
     // A client that never finishes its HTTP/1.1 header is cut after
     // handshake_timeout_ms, not left to hold its connection.
-    let slow = rest_client(&app, &client, &["slow-header", "15"]);
+    let slow = app.rest(&client, &["slow-header", "15"]);
     assert_eq!(slow["closed_by_server"], true, "{slow}");
     let after = slow["after_s"].as_f64().unwrap();
     assert!((1.5..10.0).contains(&after), "{slow}");
@@ -283,7 +262,7 @@ fn the_stock_http_client_and_curl_are_served_over_mtls() {
     );
 
     // REST against gRPC from the same client, same connection reuse.
-    let figures = rest_client(&app, &client, &["latency", models, "200"]);
+    let figures = app.rest(&client, &["latency", models, "200"]);
     println!("REST vs gRPC, digits, one row, 200 calls each: {figures}");
     assert!(figures["rest_p50_ms"].as_f64().unwrap() > 0.0);
 

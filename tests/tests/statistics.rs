@@ -4,30 +4,11 @@
 //! and on HTTPS, and its figures are printed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use test_support::{venv_python, workspace_root};
+use test_support::workspace_root;
 use tests::Appliance;
-
-fn rest_client(app: &Appliance, certs: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(venv_python())
-        .arg(workspace_root().join("tests/python/rest_client.py"))
-        .arg("--url")
-        .arg(format!("localhost:{}", app.address.port()))
-        .arg("--certs")
-        .arg(certs)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "rest_client {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
-}
 
 /// `ensure_perf_analyzer` in scripts/lib/common.sh puts it there.
 fn perf_analyzer() -> (PathBuf, PathBuf) {
@@ -90,10 +71,10 @@ fn statistics_and_configuration_serve_the_stock_clients_and_perf_analyzer() {
 
     // Five inferences, then the statistics as both clients read them.
     for _ in 0..5 {
-        let r = rest_client(&app, &client, &["call", "infer"]);
+        let r = app.rest(&client, &["call", "infer"]);
         assert_eq!(r["ok"], true, "{r}");
     }
-    let report = rest_client(&app, &client, &["stats", "digits"]);
+    let report = app.rest(&client, &["stats", "digits"]);
     let http = &report["http_stats"]["model_stats"][0];
     assert_eq!(http["name"], "digits", "{report}");
     assert_eq!(http["version"], "1");
@@ -129,7 +110,7 @@ fn statistics_and_configuration_serve_the_stock_clients_and_perf_analyzer() {
     );
     assert_eq!(http_config["output"][0]["dims"], serde_json::json!([10]));
     assert!(http_config["max_batch_size"].as_i64().unwrap() >= 32);
-    let text = rest_client(&app, &client, &["stats", "minilm"]);
+    let text = app.rest(&client, &["stats", "minilm"]);
     assert_eq!(text["http_config"]["input"][0]["data_type"], "TYPE_STRING");
     assert_eq!(text["http_config"]["max_batch_size"], 256, "{text}");
     assert_eq!(
@@ -192,7 +173,7 @@ fn statistics_and_configuration_serve_the_stock_clients_and_perf_analyzer() {
         }
     }
     // The appliance counted every one of those requests.
-    let after = rest_client(&app, &client, &["stats", "digits"]);
+    let after = app.rest(&client, &["stats", "digits"]);
     let served = after["http_stats"]["model_stats"][0]["inference_stats"]["success"]["count"]
         .as_u64()
         .unwrap();
