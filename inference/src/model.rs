@@ -176,6 +176,7 @@ impl Model {
             .into_typed()
             .and_then(|mut m| {
                 crate::quantize::swap_in(&mut m);
+                crate::quantize::swap_in_quantizers(&mut m)?;
                 input_dims_at_least_one(&m)?;
                 m.into_optimized()
             })
