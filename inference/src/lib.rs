@@ -11,6 +11,7 @@
 //! It is synchronous; the server runs it on the [`Pool`].
 #![forbid(unsafe_code)]
 
+mod broadcast;
 mod cpu;
 mod datatype;
 mod error;

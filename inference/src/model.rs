@@ -180,7 +180,10 @@ impl Model {
                 input_dims_at_least_one(&m)?;
                 m.into_optimized()
             })
-            .and_then(|m| m.into_runnable())
+            .and_then(|mut m| {
+                crate::broadcast::swap_in(&mut m)?;
+                m.into_runnable()
+            })
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
 
         let text = source
