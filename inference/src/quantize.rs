@@ -114,28 +114,33 @@ fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
     (scale, zero_point)
 }
 
+/// `clamp(round_ties_even(v) + zp, lo, hi)` for a zero point within ±255,
+/// NaN to the zero point, as an integer-valued f32: what tract computes
+/// through an i32 (but for |v| ≥ 2^31, where tract's addition overflows and
+/// this saturates).
+#[inline]
+fn to_level(v: f32, zp: f32, lo: f32, hi: f32) -> f32 {
+    // Adding and subtracting 1.5·2^23 rounds any |v| ≤ 2^22 to an integer,
+    // ties to even (the FPU's default mode); clamping to ±512 first keeps v
+    // in that range and saturates exactly as the i32 path does, since any
+    // |v| ≥ 512 ends at lo or hi once a zero point within ±255 is added.
+    const ROUND: f32 = 12_582_912.0;
+    let v = if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(-512.0, 512.0)
+    };
+    (((v + ROUND) - ROUND) + zp).clamp(lo, hi)
+}
+
 /// `clamp(round_ties_even(x / scale) + zero_point, 0, 255)`, NaN to the
 /// zero point: what tract computes through an i32, done in f32. (One
 /// degenerate case differs: when every |x| is below about 1e-43 the scale
 /// underflows to 0, x / scale is infinite, and tract's i32 addition
 /// overflows; this saturates, as ONNX defines.)
 fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
-    // Adding and subtracting 1.5·2^23 rounds any |v| ≤ 2^22 to an integer,
-    // ties to even (the FPU's default mode); clamping to ±256 first keeps v
-    // in that range and saturates exactly as the i32 path does, since any
-    // |v| ≥ 256 ends at 0 or 255 after the zero point is added.
-    const ROUND: f32 = 12_582_912.0;
     let zp = zero_point as f32;
-    let one = |x: f32| -> u8 {
-        let v = x / scale;
-        let v = if v.is_nan() {
-            0.0
-        } else {
-            v.clamp(-256.0, 256.0)
-        };
-        let r = (v + ROUND) - ROUND;
-        (r + zp).clamp(0.0, 255.0) as u8
-    };
+    let one = |x: f32| -> u8 { to_level(x / scale, zp, 0.0, 255.0) as u8 };
     let mut xs_chunks = xs.chunks_exact(LANES);
     let mut ys_chunks = ys.chunks_exact_mut(LANES);
     for (x, y) in (&mut xs_chunks).zip(&mut ys_chunks) {
@@ -209,19 +214,17 @@ impl FastQuantize {
     fn of(op: &dyn TypedOp) -> Option<FastQuantize> {
         use tract_onnx::tract_core::ops::quant::{QuantizeLinearI8, QuantizeLinearU8};
         let mini = &op.downcast_ref::<ElementWiseOp>()?.0;
-        if let Some(q) = mini.downcast_ref::<QuantizeLinearU8>() {
-            return Some(FastQuantize {
-                multiplier: q.scale,
-                zero_point: i32::from(q.zero_point),
-                unsigned: true,
-                dequantize: None,
-            });
-        }
-        let q = mini.downcast_ref::<QuantizeLinearI8>()?;
+        let (multiplier, zero_point, unsigned) = match mini.downcast_ref::<QuantizeLinearU8>() {
+            Some(q) => (q.scale, i32::from(q.zero_point), true),
+            None => {
+                let q = mini.downcast_ref::<QuantizeLinearI8>()?;
+                (q.scale, i32::from(q.zero_point), false)
+            }
+        };
         Some(FastQuantize {
-            multiplier: q.scale,
-            zero_point: i32::from(q.zero_point),
-            unsigned: false,
+            multiplier,
+            zero_point,
+            unsigned,
             dequantize: None,
         })
     }
@@ -236,27 +239,28 @@ impl FastQuantize {
 
     /// The quantized level of x, as an integer-valued f32.
     fn level(&self) -> impl Fn(f32) -> f32 {
-        const ROUND: f32 = 12_582_912.0;
         let (lo, hi) = if self.unsigned {
             (0.0, 255.0)
         } else {
             (-128.0, 127.0)
         };
-        let zp = self.zero_point as f32;
-        let multiplier = self.multiplier;
-        // As in `quantize`: |v| ≤ 512 saturates as the i32 path does (the
-        // zero point is within ±255) and stays where the add-and-subtract
-        // rounds ties to even.
-        move |x: f32| -> f32 {
-            let v = x * multiplier;
-            let v = if v.is_nan() {
-                0.0
-            } else {
-                v.clamp(-512.0, 512.0)
-            };
-            (((v + ROUND) - ROUND) + zp).clamp(lo, hi)
-        }
+        let (zp, multiplier) = (self.zero_point as f32, self.multiplier);
+        move |x: f32| to_level(x * multiplier, zp, lo, hi)
     }
+}
+
+/// A tensor of `shape` whose elements are `f` of `xs`'.
+fn map_f32<T: Datum + tract_num_traits::Zero>(
+    shape: &[usize],
+    xs: &[f32],
+    f: impl Fn(f32) -> T,
+) -> TractResult<Tensor> {
+    let mut out = Tensor::zero::<T>(shape)?;
+    let mut view = out.try_as_plain_ram_mut()?;
+    for (x, y) in xs.iter().zip(view.as_slice_mut::<T>()?) {
+        *y = f(*x);
+    }
+    Ok(out)
 }
 
 impl Op for FastQuantize {
@@ -282,37 +286,14 @@ impl EvalOp for FastQuantize {
         let input = inputs[0].try_as_plain_ram()?;
         let xs = input.as_slice::<f32>()?;
         let shape = inputs[0].shape();
+        let level = self.level();
         let output = match (self.dequantize, self.unsigned) {
             (Some((scale, zero_point)), _) => {
-                let mut out = Tensor::zero::<f32>(shape)?;
-                let mut view = out.try_as_plain_ram_mut()?;
-                let ys = view.as_slice_mut::<f32>()?;
-                let (level, zp) = (self.level(), zero_point as f32);
-                for (x, y) in xs.iter().zip(ys) {
-                    *y = (level(*x) - zp) * scale;
-                }
-                out
+                let zp = zero_point as f32;
+                map_f32(shape, xs, |x| (level(x) - zp) * scale)?
             }
-            (None, true) => {
-                let mut out = Tensor::zero::<u8>(shape)?;
-                let mut view = out.try_as_plain_ram_mut()?;
-                let ys = view.as_slice_mut::<u8>()?;
-                let level = self.level();
-                for (x, y) in xs.iter().zip(ys) {
-                    *y = level(*x) as u8;
-                }
-                out
-            }
-            (None, false) => {
-                let mut out = Tensor::zero::<i8>(shape)?;
-                let mut view = out.try_as_plain_ram_mut()?;
-                let ys = view.as_slice_mut::<i8>()?;
-                let level = self.level();
-                for (x, y) in xs.iter().zip(ys) {
-                    *y = level(*x) as i8;
-                }
-                out
-            }
+            (None, true) => map_f32(shape, xs, |x| level(x) as u8)?,
+            (None, false) => map_f32(shape, xs, |x| level(x) as i8)?,
         };
         Ok(tvec!(output.into_tvalue()))
     }
