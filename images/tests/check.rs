@@ -71,26 +71,25 @@ fn a_missing_file_says_which() {
     );
 }
 
-#[test]
-fn profile_names_where_the_time_goes() {
-    let model = models_dir().join("digits_mlp_qdq.onnx");
+/// `model-image profile` of a reference model: its report, having succeeded.
+fn profile(model: &str, batch: &str, runs: &str) -> String {
+    let model = models_dir().join(model);
     let out = Command::new(env!("CARGO_BIN_EXE_model-image"))
-        .args([
-            "profile",
-            model.to_str().unwrap(),
-            "--batch",
-            "4",
-            "--runs",
-            "3",
-        ])
+        .args(["profile", model.to_str().unwrap(), "--batch", batch])
+        .args(["--runs", runs])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn profile_names_where_the_time_goes() {
+    let stdout = profile("digits_mlp_qdq.onnx", "4", "3");
     assert!(stdout.contains("batch 4"), "{stdout}");
     // A QDQ model runs each quantize-dequantize pair as one pass.
     assert!(stdout.contains("FastQuantizeDequantize"), "{stdout}");
@@ -103,4 +102,15 @@ fn profile_names_where_the_time_goes() {
         (shares - 100.0).abs() < 1.0,
         "shares add up to {shares}: {stdout}"
     );
+}
+
+#[test]
+fn a_dynamic_int8_cnn_pools_and_casts_in_one_pass() {
+    let stdout = profile("digits_cnn_dynamic.onnx", "3", "2");
+    // The batch is symbolic, so tract would pool with per-call geometry; the
+    // int8-as-float products end in f32 → int32 → f32 cast pairs.
+    for op in ["FastMaxPool", "CastThroughI32"] {
+        assert!(stdout.contains(op), "no {op}: {stdout}");
+    }
+    assert!(!stdout.contains("\nMaxPool "), "{stdout}");
 }

@@ -96,8 +96,8 @@ impl Op for FastBroadcast {
 impl EvalOp for FastBroadcast {
     op_out_of_plan!();
 
-    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        if let Some(c) = self.try_eval(&inputs[0], &inputs[1])? {
+    fn eval(&self, ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        if let Some(c) = self.try_eval(&mut inputs)? {
             return Ok(tvec!(c.into_tvalue()));
         }
         self.fallback.eval(ctx, inputs)
@@ -105,25 +105,37 @@ impl EvalOp for FastBroadcast {
 }
 
 impl FastBroadcast {
-    fn try_eval(&self, a: &Tensor, b: &Tensor) -> TractResult<Option<Tensor>> {
+    /// `a op b` for the shapes this op takes, `None` (inputs untouched) for
+    /// the others. The result is written over the operand that has the
+    /// output's shape (see [`crate::inplace`]), as tract's own kernels do: a
+    /// fresh buffer per call costs more than the arithmetic.
+    fn try_eval(&self, inputs: &mut TVec<TValue>) -> TractResult<Option<Tensor>> {
+        let (a, b) = (&inputs[0], &inputs[1]);
         if a.datum_type() != f32::datum_type() || b.datum_type() != f32::datum_type() {
             return Ok(None);
         }
-        let Some(layout) = Layout::of(a.shape(), b.shape()) else {
+        let Some(mut layout) = Layout::of(a.shape(), b.shape()) else {
             return Ok(None);
         };
-        let a_ram = a.try_as_plain_ram()?;
-        let b_ram = b.try_as_plain_ram()?;
-        let (xs, ys) = (a_ram.as_slice::<f32>()?, b_ram.as_slice::<f32>()?);
-        let mut c = Tensor::zero::<f32>(&layout.shape)?;
+        if a.shape() == b.shape() && !a.is_exclusive() && b.is_exclusive() {
+            layout.small_first = true;
+        }
+        let (full, small) = if layout.small_first {
+            (inputs.remove(1), inputs.remove(0))
+        } else {
+            (inputs.remove(0), inputs.remove(0))
+        };
+        let mut c = crate::inplace::take_for_writing(full)?;
         {
+            let small_ram = small.try_as_plain_ram()?;
+            let small = small_ram.as_slice::<f32>()?;
             let mut c_ram = c.try_as_plain_ram_mut()?;
             let out = c_ram.as_slice_mut::<f32>()?;
             match self.kind {
-                Kind::Add => layout.apply(xs, ys, out, |x, y| x + y),
-                Kind::Sub => layout.apply(xs, ys, out, |x, y| x - y),
-                Kind::Mul => layout.apply(xs, ys, out, |x, y| x * y),
-                Kind::Div => layout.apply(xs, ys, out, |x, y| x / y),
+                Kind::Add => layout.apply(out, small, |x, y| x + y),
+                Kind::Sub => layout.apply(out, small, |x, y| x - y),
+                Kind::Mul => layout.apply(out, small, |x, y| x * y),
+                Kind::Div => layout.apply(out, small, |x, y| x / y),
             }
         }
         Ok(Some(c))
@@ -144,7 +156,6 @@ impl TypedOp for FastBroadcast {
 /// before the block, `inner` those after) and `small` holds `mid` of them.
 #[derive(Debug, PartialEq, Eq)]
 struct Layout {
-    shape: Vec<usize>,
     /// Whether `a` is the small operand.
     small_first: bool,
     mid: usize,
@@ -190,41 +201,35 @@ impl Layout {
         Some(Layout {
             mid: product(&full[start..end]),
             inner: product(&full[end..]),
-            shape,
             small_first,
         })
     }
 
-    /// `out = a op b` over the layout.
-    fn apply(&self, a: &[f32], b: &[f32], out: &mut [f32], op: impl Fn(f32, f32) -> f32 + Copy) {
+    /// `full = a op b` over the layout, where `full` holds the operand of
+    /// the output's shape on entry.
+    fn apply(&self, full: &mut [f32], small: &[f32], op: impl Fn(f32, f32) -> f32 + Copy) {
         if self.small_first {
-            self.run(b, a, out, move |x, s| op(s, x));
+            self.run(full, small, move |x, s| op(s, x));
         } else {
-            self.run(a, b, out, op);
+            self.run(full, small, op);
         }
     }
 
-    /// `out = f(full, small)` element by element, `small` broadcast.
-    fn run(&self, full: &[f32], small: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    /// `full = f(full, small)` element by element, `small` broadcast.
+    fn run(&self, full: &mut [f32], small: &[f32], f: impl Fn(f32, f32) -> f32) {
         if self.inner == 1 {
             // Rows of `mid` elements against the small operand's `mid`.
-            let rows = full
-                .chunks_exact(self.mid)
-                .zip(out.chunks_exact_mut(self.mid));
-            for (row, out) in rows {
-                for ((x, s), o) in row.iter().zip(small).zip(out) {
-                    *o = f(*x, *s);
+            for row in full.chunks_exact_mut(self.mid) {
+                for (x, s) in row.iter_mut().zip(small) {
+                    *x = f(*x, *s);
                 }
             }
         } else {
             // Runs of `inner` elements against one value each.
-            let runs = full
-                .chunks_exact(self.inner)
-                .zip(out.chunks_exact_mut(self.inner));
-            for (i, (run, out)) in runs.enumerate() {
+            for (i, run) in full.chunks_exact_mut(self.inner).enumerate() {
                 let s = small[i % self.mid];
-                for (x, o) in run.iter().zip(out) {
-                    *o = f(*x, s);
+                for x in run {
+                    *x = f(*x, s);
                 }
             }
         }
@@ -264,16 +269,33 @@ mod tests {
             kind,
             fallback: TypedBinOp(Box::new(Add), None),
         };
-        let Some(got) = fast.try_eval(&a, &b).unwrap() else {
-            return false;
-        };
         let want = tract(kind, &a, &b);
-        assert_eq!(got.shape(), want.shape(), "{a_shape:?} {b_shape:?}");
-        assert_eq!(
-            got.as_bytes(),
-            want.as_bytes(),
-            "{kind:?} {a_shape:?} {b_shape:?}"
-        );
+        // Operands held by nothing else are written over; ones still held
+        // elsewhere (either or both) must come out untouched.
+        for held in [[false, false], [true, false], [false, true], [true, true]] {
+            let values = [a.clone().into_tvalue(), b.clone().into_tvalue()];
+            let kept: Vec<Option<TValue>> = values
+                .iter()
+                .zip(held)
+                .map(|(v, h)| h.then(|| v.clone()))
+                .collect();
+            let mut inputs: TVec<TValue> = values.into_iter().collect();
+            let Some(got) = fast.try_eval(&mut inputs).unwrap() else {
+                assert_eq!(inputs.len(), 2, "inputs kept for the fallback");
+                return false;
+            };
+            assert_eq!(got.shape(), want.shape(), "{a_shape:?} {b_shape:?}");
+            assert_eq!(
+                got.as_bytes(),
+                want.as_bytes(),
+                "{kind:?} {a_shape:?} {b_shape:?} held {held:?}"
+            );
+            for (k, original) in kept.iter().zip([&a, &b]) {
+                if let Some(k) = k {
+                    assert_eq!(k.as_bytes(), original.as_bytes(), "held input changed");
+                }
+            }
+        }
         true
     }
 

@@ -12,9 +12,12 @@
 #![forbid(unsafe_code)]
 
 mod broadcast;
+mod cast;
 mod cpu;
 mod datatype;
 mod error;
+mod inplace;
+mod maxpool;
 mod model;
 mod pool;
 mod quantize;

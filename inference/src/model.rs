@@ -182,6 +182,8 @@ impl Model {
             })
             .and_then(|mut m| {
                 crate::broadcast::swap_in(&mut m)?;
+                crate::cast::swap_in(&mut m)?;
+                crate::maxpool::swap_in(&mut m)?;
                 m.into_runnable()
             })
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
@@ -643,7 +645,7 @@ mod tests {
     /// the shape of a dequantize-then-ReLU tail.
     fn elementwise_model(fixed: Option<i64>) -> Vec<u8> {
         use pb::tensor_proto::DataType as D;
-        use pb::tensor_shape_proto::{Dimension, dimension::Value as V};
+        use pb::tensor_shape_proto::dimension::Value as V;
         let dims = [
             match fixed {
                 Some(n) => V::DimValue(n),
@@ -651,25 +653,7 @@ mod tests {
             },
             V::DimValue(64),
         ];
-        let value = |name: &str| pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: D::Float as i32,
-                    shape: Some(pb::TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|d| Dimension {
-                                value: Some(d.clone()),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let value = |name: &str| crate::rewrite::tests::value_with(name, D::Float, &dims);
         let scalar = |name: &str, v: f32| pb::TensorProto {
             name: name.into(),
             data_type: D::Float as i32,

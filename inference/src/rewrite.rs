@@ -566,7 +566,38 @@ pub(crate) mod tests {
     use tract_onnx::prelude::*;
 
     pub(crate) fn value(name: &str, elem: D, dims: &[i64]) -> pb::ValueInfoProto {
-        use pb::tensor_shape_proto::{Dimension, dimension::Value as V};
+        use pb::tensor_shape_proto::dimension::Value as V;
+        let dims: Vec<V> = dims.iter().map(|&d| V::DimValue(d)).collect();
+        value_with(name, elem, &dims)
+    }
+
+    /// Graph outputs by name, their types left to inference.
+    pub(crate) fn untyped(names: &[&str]) -> Vec<pb::ValueInfoProto> {
+        names
+            .iter()
+            .map(|n| pb::ValueInfoProto {
+                name: (*n).into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// The operator names of a model's nodes.
+    pub(crate) fn op_names(model: &TypedModel) -> Vec<String> {
+        model
+            .nodes()
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .collect()
+    }
+
+    /// A value whose dimensions may be named (symbolic) as well as fixed.
+    pub(crate) fn value_with(
+        name: &str,
+        elem: D,
+        dims: &[pb::tensor_shape_proto::dimension::Value],
+    ) -> pb::ValueInfoProto {
+        use pb::tensor_shape_proto::Dimension;
         pb::ValueInfoProto {
             name: name.into(),
             r#type: Some(pb::TypeProto {
@@ -576,7 +607,7 @@ pub(crate) mod tests {
                         dim: dims
                             .iter()
                             .map(|d| Dimension {
-                                value: Some(V::DimValue(*d)),
+                                value: Some(d.clone()),
                                 ..Default::default()
                             })
                             .collect(),
