@@ -130,7 +130,8 @@ mod tests {
     /// x → Cast(int32) → Cast(float) → y; x → Cast(int64) → z (a second
     /// reader of x); -x → Cast(int32) → w → Cast(float) → v, where w is a
     /// model output, so that pair must stay; |x| → Cast(int32) → Reshape →
-    /// Cast(float) → u, a pair with an axis change between.
+    /// Cast(float) → u, a pair with an axis change between; and two such
+    /// chains that must stay, their Reshape a model output or read twice.
     fn model() -> pb::ModelProto {
         use pb::tensor_proto::DataType as D;
         let cast = |input: &str, output: &str, to: D| pb::NodeProto {
@@ -145,33 +146,41 @@ mod tests {
             }],
             ..Default::default()
         };
+        let unary = |op: &str, input: &str, output: &str| pb::NodeProto {
+            op_type: op.into(),
+            input: vec![input.into()],
+            output: vec![output.into()],
+            ..Default::default()
+        };
+        let reshape = |input: &str, output: &str| pb::NodeProto {
+            op_type: "Reshape".into(),
+            input: vec![input.into(), "shape".into()],
+            output: vec![output.into()],
+            ..Default::default()
+        };
         crate::rewrite::tests::graph_model(pb::GraphProto {
             node: vec![
                 cast("x", "i", D::Int32),
                 cast("i", "y", D::Float),
                 cast("x", "z", D::Int64),
-                pb::NodeProto {
-                    op_type: "Neg".into(),
-                    input: vec!["x".into()],
-                    output: vec!["minus_x".into()],
-                    ..Default::default()
-                },
+                unary("Neg", "x", "minus_x"),
                 cast("minus_x", "w", D::Int32),
                 cast("w", "v", D::Float),
-                pb::NodeProto {
-                    op_type: "Abs".into(),
-                    input: vec!["x".into()],
-                    output: vec!["abs_x".into()],
-                    ..Default::default()
-                },
+                unary("Abs", "x", "abs_x"),
                 cast("abs_x", "abs_i", D::Int32),
-                pb::NodeProto {
-                    op_type: "Reshape".into(),
-                    input: vec!["abs_i".into(), "shape".into()],
-                    output: vec!["reshaped".into()],
-                    ..Default::default()
-                },
+                reshape("abs_i", "reshaped"),
                 cast("reshaped", "u", D::Float),
+                // Pairs that must stay: the axis op in between is a model
+                // output, or has a second reader.
+                unary("Relu", "x", "relu_x"),
+                cast("relu_x", "relu_i", D::Int32),
+                reshape("relu_i", "relu_r"),
+                cast("relu_r", "t", D::Float),
+                unary("Ceil", "x", "ceil_x"),
+                cast("ceil_x", "ceil_i", D::Int32),
+                reshape("ceil_i", "ceil_r"),
+                cast("ceil_r", "s", D::Float),
+                cast("ceil_r", "s64", D::Int64),
             ],
             initializer: vec![pb::TensorProto {
                 name: "shape".into(),
@@ -181,7 +190,9 @@ mod tests {
                 ..Default::default()
             }],
             input: vec![crate::rewrite::tests::value("x", D::Float, &[4, 9])],
-            output: crate::rewrite::tests::untyped(&["y", "z", "w", "v", "u"]),
+            output: crate::rewrite::tests::untyped(&[
+                "y", "z", "w", "v", "u", "relu_r", "t", "s", "s64",
+            ]),
             ..Default::default()
         })
     }
@@ -249,7 +260,7 @@ mod tests {
         };
         let want = run(optimized);
         let got = run(swapped);
-        assert_eq!(want.len(), 5);
+        assert_eq!(want.len(), 9);
         for (w, g) in want.iter().zip(&got) {
             assert_eq!(w.datum_type(), g.datum_type());
             assert_eq!(w.as_bytes(), g.as_bytes(), "outputs differ");

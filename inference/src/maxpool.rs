@@ -99,8 +99,9 @@ impl FastMaxPool {
         let mut output = Tensor::zero::<f32>(&out_shape)?;
         let mut out_ram = output.try_as_plain_ram_mut()?;
         let out = out_ram.as_slice_mut::<f32>()?;
-        if self.kernel == [2, 2] {
-            // tract's 2×2 path: f32::max from f32::MIN.
+        let format = self.fallback.pool_spec.data_format;
+        if self.kernel == [2, 2] && format == DataFormat::NCHW {
+            // tract's 2×2 path (NCHW only): f32::max from f32::MIN.
             self.pool(xs, [h, w], out, [oh, ow], f32::max);
         } else {
             // tract's general path: the larger by `<`, first kept on ties.
@@ -267,6 +268,7 @@ mod tests {
         assert!(same([3, 3], [2, 2], &[2, 3, 9, 9], 3));
         assert!(same([3, 3], [1, 1], &[2, 3, 5, 6], 4));
         assert!(same([2, 3], [3, 1], &[3, 8, 8], 5));
+        assert!(same([2, 2], [2, 2], &[3, 8, 8], 6));
         // tract's own vector kernel, and windows larger than the image.
         assert!(!same([2, 2], [1, 1], &[1, 3, 8, 8], 6));
         assert!(!same([3, 3], [1, 1], &[1, 3, 2, 8], 7));
@@ -336,11 +338,16 @@ mod tests {
         fn any_pool_it_takes_equals_tracts(
             kernel in (1usize..4, 1usize..4),
             strides in (1usize..4, 1usize..4),
-            shape in (1usize..3, 1usize..10, 1usize..10),
+            shape in (0usize..3, 1usize..10, 1usize..10),
             seed in 0u64..1000,
         ) {
+            // A batch of 0 stands for no batch axis (CHW).
             let (n, h, w) = shape;
-            same([kernel.0, kernel.1], [strides.0, strides.1], &[n, 3, h, w], seed);
+            let shape = if n == 0 { vec![3, h, w] } else { vec![n, 3, h, w] };
+            let (kernel, strides) = ([kernel.0, kernel.1], [strides.0, strides.1]);
+            let taken = same(kernel, strides, &shape, seed);
+            let expected = !(kernel == [2, 2] && strides == [1, 1]) && h >= kernel[0] && w >= kernel[1];
+            prop_assert_eq!(taken, expected, "{:?} {:?} {:?}", kernel, strides, shape);
         }
     }
 }
