@@ -33,10 +33,9 @@ pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
         if !to_i32 || model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
             continue;
         }
-        // The nodes from this cast to the cast back, both included.
-        let mut chain = vec![id];
+        // The axis ops between this cast and the cast back.
+        let (mut between, mut last) = (Vec::new(), id);
         let back = loop {
-            let last = *chain.last().unwrap_or(&id);
             if outputs.contains(&OutletId::new(last, 0)) {
                 break None;
             }
@@ -52,17 +51,18 @@ pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
             if !(next.op_is::<AxisOp>() || next.op_is::<IntoShape>()) || next.outputs.len() != 1 {
                 break None;
             }
-            chain.push(next.id);
+            between.push(next.id);
+            last = next.id;
         };
         let Some(back) = back else {
             continue;
         };
         let mut patch = TypedModelPatch::default();
         let mut wire = patch.tap_model(model, node.inputs[0])?;
-        for &between in &chain[1..] {
-            let between = model.node(between);
-            let name = format!("{}.f32", between.name);
-            wire = patch.wire_node(name, between.op.clone(), &[wire])?[0];
+        for axis_op in between {
+            let axis_op = model.node(axis_op);
+            let name = format!("{}.f32", axis_op.name);
+            wire = patch.wire_node(name, axis_op.op.clone(), &[wire])?[0];
         }
         let name = format!("{}.through_i32", node.name);
         wire = patch.wire_node(name, CastThroughI32, &[wire])?[0];
@@ -89,7 +89,7 @@ impl EvalOp for CastThroughI32 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        Ok(tvec!(crate::inplace::map_f32(
+        Ok(tvec!(crate::inplace::map_in_place(
             inputs.remove(0),
             through_i32
         )?))

@@ -21,7 +21,7 @@ pub(crate) fn take_for_writing(value: TValue) -> TractResult<Tensor> {
 }
 
 /// `f` of every element of an f32 input, written over it.
-pub(crate) fn map_f32(value: TValue, f: impl Fn(f32) -> f32) -> TractResult<TValue> {
+pub(crate) fn map_in_place(value: TValue, f: impl Fn(f32) -> f32) -> TractResult<TValue> {
     let mut tensor = take_for_writing(value)?;
     for x in tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()? {
         *x = f(*x);

@@ -710,13 +710,7 @@ mod tests {
             Model::load("m", 1, source, Limits::default()).unwrap()
         };
         let dynamic = load(&elementwise_model(None));
-        let ops: Vec<String> = dynamic
-            .plan
-            .model()
-            .nodes()
-            .iter()
-            .map(|n| n.op.name().to_string())
-            .collect();
+        let ops = crate::rewrite::tests::op_names(dynamic.plan.model());
         // Without the bound on `batch`, tract keeps the generic Sub, Mul and
         // Max; with it, they fuse into one chain.
         assert!(

@@ -299,7 +299,7 @@ impl EvalOp for FastQuantize {
             // f32 to f32: written over the input, which saves a buffer.
             let zp = zero_point as f32;
             let dequantized = |x| (level(x) - zp) * scale;
-            return Ok(tvec!(crate::inplace::map_f32(
+            return Ok(tvec!(crate::inplace::map_in_place(
                 inputs.remove(0),
                 dequantized
             )?));
