@@ -12,7 +12,8 @@
 //! Run: `cargo bench -p benches --bench engine` (after `scripts/models`).
 //! `BENCH_SECONDS` sets the time per measurement (default 2);
 //! `BENCH_INT8_AS_FLOAT=false` loads models with `int8_as_float` off (on a
-//! CPU without fast int8 kernels: the integer path, for comparison).
+//! CPU without fast int8 kernels: the integer path, for comparison);
+//! `BENCH_ONLY=digits_cnn` keeps the rows whose label contains the text.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a harness: fail loudly
 
 use std::process::Command;
@@ -70,6 +71,8 @@ fn main() {
         }
     }
 
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    cases.retain(|(label, _, _)| label.contains(&only));
     for (label, file, make) in &cases {
         let onnx = model_bytes(file);
         let source = ModelSource {

@@ -105,12 +105,14 @@ fn profile_names_where_the_time_goes() {
 }
 
 #[test]
-fn a_dynamic_int8_cnn_pools_and_casts_in_one_pass() {
+fn a_dynamic_int8_cnn_pools_patches_and_casts_in_one_pass() {
     let stdout = profile("digits_cnn_dynamic.onnx", "3", "2");
     // The batch is symbolic, so tract would pool with per-call geometry; the
-    // int8-as-float products end in f32 → int32 → f32 cast pairs.
-    for op in ["FastMaxPool", "CastThroughI32"] {
+    // convolution's patches are copied by a table; the int8-as-float
+    // products end in f32 → int32 → f32 cast pairs.
+    for op in ["FastMaxPool", "FastIm2col", "CastThroughI32"] {
         assert!(stdout.contains(op), "no {op}: {stdout}");
     }
     assert!(!stdout.contains("\nMaxPool "), "{stdout}");
+    assert!(!stdout.contains("\nIm2col "), "{stdout}");
 }

@@ -21,28 +21,22 @@ use tract_onnx::tract_core::ops::math::{Add, Div, Mul, Sub};
 /// Replaces every generic f32 `Add`/`Sub`/`Mul`/`Div` left in an optimised
 /// model with [`FastBroadcast`]. Returns how many.
 pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
-    let mut swapped = 0;
-    for id in 0..model.nodes().len() {
-        let node = &model.nodes()[id];
-        let Some(bin) = node.op_as::<TypedBinOp>() else {
-            continue;
+    crate::fallback::replace_ops(model, |model, node| {
+        let Some((bin, kind)) = node
+            .op_as::<TypedBinOp>()
+            .and_then(|b| Some((b, Kind::of(b)?)))
+        else {
+            return Ok(None);
         };
-        let Some(kind) = Kind::of(bin) else {
-            continue;
-        };
-        let facts = model.node_input_facts(id)?;
+        let facts = model.node_input_facts(node.id)?;
         if facts.len() != 2 || facts.iter().any(|f| f.datum_type != f32::datum_type()) {
-            continue;
+            return Ok(None);
         }
-        drop(facts);
-        let fast = FastBroadcast {
+        Ok(Some(FastBroadcast {
             kind,
             fallback: bin.clone(),
-        };
-        model.node_mut(id).op = Box::new(fast);
-        swapped += 1;
-    }
-    Ok(swapped)
+        }))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,30 +75,11 @@ struct FastBroadcast {
     fallback: TypedBinOp,
 }
 
-impl Op for FastBroadcast {
-    fn name(&self) -> StaticName {
+impl FastBroadcast {
+    fn label(&self) -> StaticName {
         format!("FastBroadcast{:?}", self.kind).into()
     }
 
-    fn validation(&self) -> Validation {
-        self.fallback.validation()
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for FastBroadcast {
-    op_out_of_plan!();
-
-    fn eval(&self, ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        if let Some(c) = self.try_eval(&mut inputs)? {
-            return Ok(tvec!(c.into_tvalue()));
-        }
-        self.fallback.eval(ctx, inputs)
-    }
-}
-
-impl FastBroadcast {
     /// `a op b` for the shapes this op takes, `None` (inputs untouched) for
     /// the others. The result is written over the operand that has the
     /// output's shape (see [`crate::inplace`]), as tract's own kernels do: a
@@ -142,13 +117,7 @@ impl FastBroadcast {
     }
 }
 
-impl TypedOp for FastBroadcast {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.fallback.output_facts(inputs)
-    }
-
-    as_op!();
-}
+crate::fallback::with_fallback!(FastBroadcast);
 
 /// How two same-rank operands broadcast, when one of them has the output's
 /// shape and the other (`small`) varies only along one contiguous block of

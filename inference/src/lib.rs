@@ -16,6 +16,8 @@ mod cast;
 mod cpu;
 mod datatype;
 mod error;
+mod fallback;
+mod im2col;
 mod inplace;
 mod maxpool;
 mod model;

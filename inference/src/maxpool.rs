@@ -20,22 +20,15 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 /// symbolic input shape) that [`FastMaxPool`] computes exactly. Returns how
 /// many.
 pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
-    let mut swapped = 0;
-    for id in 0..model.nodes().len() {
-        let node = &model.nodes()[id];
+    crate::fallback::replace_ops(model, |model, node| {
         let Some(pool) = node.op_as::<MaxPool>() else {
-            continue;
+            return Ok(None);
         };
         if model.outlet_fact(node.inputs[0])?.datum_type != f32::datum_type() {
-            continue;
+            return Ok(None);
         }
-        let Some(fast) = FastMaxPool::of(pool) else {
-            continue;
-        };
-        model.node_mut(id).op = Box::new(fast);
-        swapped += 1;
-    }
-    Ok(swapped)
+        Ok(FastMaxPool::of(pool))
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -78,8 +71,13 @@ impl FastMaxPool {
         })
     }
 
+    fn label(&self) -> StaticName {
+        "FastMaxPool".into()
+    }
+
     /// The pooled tensor, or `None` for a tensor this op does not take.
-    fn try_eval(&self, input: &Tensor) -> TractResult<Option<Tensor>> {
+    fn try_eval(&self, inputs: &mut TVec<TValue>) -> TractResult<Option<Tensor>> {
+        let input = &inputs[0];
         let shape = input.shape();
         if input.datum_type() != f32::datum_type() || shape.len() < 2 {
             return Ok(None);
@@ -156,36 +154,7 @@ impl FastMaxPool {
     }
 }
 
-impl Op for FastMaxPool {
-    fn name(&self) -> StaticName {
-        "FastMaxPool".into()
-    }
-
-    fn info(&self) -> TractResult<Vec<String>> {
-        self.fallback.info()
-    }
-
-    op_as_typed_op!();
-}
-
-impl EvalOp for FastMaxPool {
-    op_out_of_plan!();
-
-    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        if let Some(pooled) = self.try_eval(&inputs[0])? {
-            return Ok(tvec!(pooled.into_tvalue()));
-        }
-        self.fallback.eval(ctx, inputs)
-    }
-}
-
-impl TypedOp for FastMaxPool {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.fallback.output_facts(inputs)
-    }
-
-    as_op!();
-}
+crate::fallback::with_fallback!(FastMaxPool);
 
 #[cfg(test)]
 mod tests {
@@ -240,7 +209,7 @@ mod tests {
             return false;
         };
         let x = input(shape, seed);
-        let Some(got) = fast.try_eval(&x).unwrap() else {
+        let Some(got) = fast.try_eval(&mut tvec!(x.clone().into_tvalue())).unwrap() else {
             return false;
         };
         let want = pool
@@ -285,12 +254,7 @@ mod tests {
             V::DimValue(8),
             V::DimValue(8),
         ];
-        let ints = |name: &str| pb::AttributeProto {
-            name: name.into(),
-            r#type: pb::attribute_proto::AttributeType::Ints as i32,
-            ints: vec![2, 2],
-            ..Default::default()
-        };
+        let ints = |name: &str| crate::rewrite::tests::ints(name, &[2, 2]);
         let proto = crate::rewrite::tests::graph_model(pb::GraphProto {
             node: vec![pb::NodeProto {
                 op_type: "MaxPool".into(),
@@ -310,11 +274,7 @@ mod tests {
             }],
             ..Default::default()
         });
-        onnx()
-            .model_for_proto_model(&proto)
-            .unwrap()
-            .into_optimized()
-            .unwrap()
+        crate::rewrite::tests::optimized(&proto)
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl Model {
                 crate::broadcast::swap_in(&mut m)?;
                 crate::cast::swap_in(&mut m)?;
                 crate::maxpool::swap_in(&mut m)?;
+                crate::im2col::swap_in(&mut m)?;
                 m.into_runnable()
             })
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;

@@ -619,7 +619,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn initializer(name: &str, elem: D, dims: &[i64], bytes: &[u8]) -> pb::TensorProto {
+    pub(crate) fn initializer(name: &str, elem: D, dims: &[i64], bytes: &[u8]) -> pb::TensorProto {
         pb::TensorProto {
             name: name.into(),
             data_type: elem as i32,
@@ -627,6 +627,25 @@ pub(crate) mod tests {
             raw_data: bytes.to_vec(),
             ..Default::default()
         }
+    }
+
+    /// An attribute holding a list of integers.
+    pub(crate) fn ints(name: &str, values: &[i64]) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: values.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// `proto` loaded and optimised by tract, nothing of ours swapped in.
+    pub(crate) fn optimized(proto: &pb::ModelProto) -> TypedModel {
+        onnx()
+            .model_for_proto_model(proto)
+            .unwrap()
+            .into_optimized()
+            .unwrap()
     }
 
     /// A model around `graph` (named "g"), at the opset the tests use.
@@ -849,12 +868,6 @@ pub(crate) mod tests {
         // x [1,2,5,5] → DynamicQuantizeLinear → ConvInteger(w [3,2,3,3],
         // per-output zero points, pads 1, stride 2) → y [1,3,3,3].
         let w = weights(3 * 2 * 3 * 3, 11);
-        let ints = |name: &str, v: &[i64]| pb::AttributeProto {
-            name: name.into(),
-            r#type: pb::attribute_proto::AttributeType::Ints as i32,
-            ints: v.to_vec(),
-            ..Default::default()
-        };
         let mut original = dynamic_model(1, 1, &[0], &[0]);
         let graph = original.graph.as_mut().unwrap();
         graph.node[1].op_type = "ConvInteger".into();
@@ -925,20 +938,7 @@ pub(crate) mod tests {
                 .collect();
             initializers.push(initializer("bias", D::Int32, &[4], &bias));
             inputs.push("bias".into());
-            attribute = vec![
-                pb::AttributeProto {
-                    name: "kernel_shape".into(),
-                    r#type: pb::attribute_proto::AttributeType::Ints as i32,
-                    ints: vec![3, 3],
-                    ..Default::default()
-                },
-                pb::AttributeProto {
-                    name: "pads".into(),
-                    r#type: pb::attribute_proto::AttributeType::Ints as i32,
-                    ints: vec![1, 1, 1, 1],
-                    ..Default::default()
-                },
-            ];
+            attribute = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])];
         }
         let proto = graph_model(pb::GraphProto {
             node: vec![
