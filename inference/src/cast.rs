@@ -1,15 +1,16 @@
 //! f32 → int32 → f32 cast pairs as one pass over the tensor, in place.
 //!
-//! The int8-as-float rewrite (`rewrite.rs`) casts each float product back
-//! to the int32 that `MatMulInteger` / `ConvInteger` promise, and the graph
-//! casts that straight back to f32 to rescale it: two passes over the
-//! product's output, each into a new buffer (121 casts took 3–4.7 ms of int8
-//! MiniLM). This computes `(x as i32) as f32` per element, which is what
-//! tract's two casts compute (saturating, NaN to 0) for any input, so the
-//! pair can go without proving the values are integers. The result gets
-//! natural strides (see [`crate::inplace`]), as the cast's fresh buffer
-//! had; without them tract's element-wise chains downstream fall to a
-//! per-element path.
+//! A graph that casts an f32 to int32 and, through nothing but axis
+//! changes, straight back to f32 makes two passes over the tensor, each
+//! into a new buffer. The int8-as-float rewrite (`rewrite.rs`) leaves such
+//! pairs where a product's int32 is read other than by a cast to float
+//! right away (it drops the casts where it is: before that, 121 casts took
+//! 3–4.7 ms of int8 MiniLM). This computes `(x as i32) as f32` per element,
+//! which is what tract's two casts compute (saturating, NaN to 0) for any
+//! input, so the pair can go without proving the values are integers. The
+//! result gets natural strides (see [`crate::inplace`]), as the cast's
+//! fresh buffer had; without them tract's element-wise chains downstream
+//! fall to a per-element path.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;

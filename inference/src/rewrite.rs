@@ -65,7 +65,13 @@ const F32_EXACT: u64 = 1 << 24;
 ///   2^24 in any order of summation: 255 (which bounds `|a - a_zp|` for
 ///   uint8 and int8 alike) times the widest output's `Σ |b - b_zp|` below
 ///   2^24. tract pads `ConvInteger`'s input with `a_zp`, which is 0 once
-///   centred, so padding stays exact too.
+///   centred, so padding stays exact too. Where every reader casts the
+///   int32 straight to float (as dynamic quantization does before
+///   rescaling), the product stays f32 with no casts: the same value, an
+///   integer below 2^24 being its own f32 and an all-zero sum +0 as the
+///   int32 0's cast (tract's products sum from +0). tract then fuses the
+///   rescale, bias and ReLU into the product (digits MLP at batch 32:
+///   28 → 19 µs).
 /// - `QLinearMatMul` / `QLinearConv` accumulate the same way (with
 ///   `QLinearConv`'s int32 bias, inside the same bound), then rescale by
 ///   `a_scale · b_scale / y_scale` in f32 and `QuantizeLinear` with scale 1
@@ -101,6 +107,9 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
         )
         .collect();
     let graph_inputs: HashSet<String> = graph.input.iter().map(|v| v.name.clone()).collect();
+    let read_as_float = read_only_as_float(graph);
+    // Products that stay float: their declared int32 type no longer holds.
+    let mut retyped: HashSet<String> = HashSet::new();
     // Float weights already made, by (weight, zero point, bias).
     let mut weights: HashMap<[String; 3], Option<(String, Option<String>)>> = HashMap::new();
     let mut consumed: HashSet<String> = HashSet::new();
@@ -152,8 +161,12 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
             nodes.push(node);
             continue;
         };
+        let as_float = plan.requant.is_none() && read_as_float.contains(&plan.y);
+        if as_float {
+            retyped.insert(plan.y.clone());
+        }
         let (more_initializers, more_nodes) =
-            plan.nodes(&weight, bias.as_deref(), requant, &mut names);
+            plan.nodes(&weight, bias.as_deref(), requant, as_float, &mut names);
         new_initializers.extend(more_initializers);
         nodes.extend(more_nodes);
         consumed.extend(plan.consumed());
@@ -161,6 +174,7 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
     }
     graph.node = nodes;
     graph.initializer.extend(new_initializers);
+    graph.value_info.retain(|v| !retyped.contains(&v.name));
     // Integer weights nothing reads any more would be loaded for nothing.
     let mut read: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     inputs_read(&graph.node, &mut read);
@@ -184,6 +198,39 @@ fn inputs_read<'a>(nodes: &'a [pb::NodeProto], read: &mut HashSet<&'a str>) {
             }
         }
     }
+}
+
+/// The values of `graph` whose every reader is a top-level `Cast` to float
+/// (not a graph output, not read by a subgraph).
+fn read_only_as_float(graph: &pb::GraphProto) -> HashSet<String> {
+    let mut only: HashMap<&str, bool> = HashMap::new();
+    for node in &graph.node {
+        let to_float = node.op_type == "Cast"
+            && node.domain.is_empty()
+            && node
+                .attribute
+                .iter()
+                .any(|a| a.name == "to" && a.i == D::Float as i64);
+        for input in &node.input {
+            *only.entry(input).or_insert(true) &= to_float;
+        }
+        let mut in_subgraphs = HashSet::new();
+        for attribute in &node.attribute {
+            for sub in attribute.g.iter().chain(&attribute.graphs) {
+                inputs_read(&sub.node, &mut in_subgraphs);
+            }
+        }
+        for input in in_subgraphs {
+            only.insert(input, false);
+        }
+    }
+    for output in &graph.output {
+        only.insert(&output.name, false);
+    }
+    only.into_iter()
+        .filter(|(_, only)| *only)
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 /// One integer product to run in float.
@@ -276,13 +323,15 @@ impl FloatProduct {
     }
 
     /// Cast A (minus its zero point), MatMul or Conv with the float weight,
-    /// then either cast to int32 or rescale and quantize, under the original
-    /// output name. Returns the initializers and nodes to add.
+    /// then either cast to int32 (unless `as_float`: the product is left in
+    /// f32), or rescale and quantize, under the original output name.
+    /// Returns the initializers and nodes to add.
     fn nodes(
         &self,
         weight: &str,
         bias: Option<&str>,
         requant: Option<pb::TensorProto>,
+        as_float: bool,
         names: &mut HashSet<String>,
     ) -> (Vec<pb::TensorProto>, Vec<pb::NodeProto>) {
         let mut out = Vec::new();
@@ -296,7 +345,11 @@ impl FloatProduct {
             out.push(node("Sub", &[&centered, &zp_f32], &c, None));
             centered = c;
         }
-        let acc = unused(names, &format!("{}::acc_f32", self.y));
+        let acc = if as_float {
+            self.y.clone()
+        } else {
+            unused(names, &format!("{}::acc_f32", self.y))
+        };
         if self.conv {
             let inputs: Vec<&str> = [Some(centered.as_str()), Some(weight), bias]
                 .into_iter()
@@ -309,7 +362,9 @@ impl FloatProduct {
             out.push(node("MatMul", &[&centered, weight], &acc, None));
         }
         let (Some(multiplier), Some(r)) = (requant, &self.requant) else {
-            out.push(node("Cast", &[&acc], &self.y, Some(D::Int32)));
+            if !as_float {
+                out.push(node("Cast", &[&acc], &self.y, Some(D::Int32)));
+            }
             return (Vec::new(), out);
         };
         let multiplier = pb::TensorProto {
@@ -831,6 +886,74 @@ pub(crate) mod tests {
             1
         );
         assert_eq!(run(&rewritten), run(&original));
+    }
+
+    /// `dynamic_model` whose product is cast to float (output "yf"), `y`
+    /// declared int32 in `value_info`, and also a graph output if
+    /// `y_is_output`.
+    fn cast_to_float_model(
+        k: usize,
+        n: usize,
+        w: &[i8],
+        w_zp: &[i8],
+        y_is_output: bool,
+    ) -> pb::ModelProto {
+        let mut proto = dynamic_model(k, n, w, w_zp);
+        let graph = proto.graph.as_mut().unwrap();
+        graph.node.push(node("Cast", &["y"], "yf", Some(D::Float)));
+        let y = graph.output.remove(0);
+        graph.value_info.push(y.clone());
+        if y_is_output {
+            graph.output.push(y);
+        }
+        graph
+            .output
+            .insert(0, value("yf", D::Float, &[3, n as i64]));
+        proto
+    }
+
+    #[test]
+    fn a_product_read_only_as_float_stays_f32_with_bit_identical_outputs() {
+        let (k, n) = (64, 6);
+        // Two weight columns equal to their zero point: every term of
+        // their sums is ±0.
+        let mut w = weights(k * n, 3);
+        let w_zp: Vec<i8> = vec![0, -3, 0, 2, 0, 0];
+        for row in w.chunks_exact_mut(n) {
+            row[1] = -3;
+            row[3] = 2;
+        }
+        let original = cast_to_float_model(k, n, &w, &w_zp, false);
+        let mut rewritten = original.clone();
+        let graph = rewritten.graph.as_mut().unwrap();
+        assert_eq!(integer_products_as_float(graph), 1);
+        let to_int32 =
+            |n: &pb::NodeProto| n.op_type == "Cast" && n.attribute[0].i == D::Int32 as i64;
+        assert!(!graph.node.iter().any(to_int32), "{:?}", graph.node);
+        assert!(
+            graph.value_info.iter().all(|v| v.name != "y"),
+            "y is f32 now"
+        );
+        let bits = |proto: &pb::ModelProto, x: &[f32]| -> Vec<u32> {
+            let x = Tensor::from_shape(&[3, k], x).unwrap();
+            run_one::<f32>(proto, x)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for seed in 0..10 {
+            let mut x = spread(3 * k, seed, 2.0);
+            // A row of zeros quantizes to the zero point: ±0 terms again.
+            x[..k].fill(0.0);
+            let expected = bits(&original, &x);
+            assert!(expected.contains(&0), "the case must hold zero sums");
+            assert_eq!(bits(&rewritten, &x), expected, "seed {seed}");
+        }
+        // Read as int32 too (here: a graph output), the cast stays.
+        let mut both = cast_to_float_model(k, n, &w, &w_zp, true);
+        let graph = both.graph.as_mut().unwrap();
+        assert_eq!(integer_products_as_float(graph), 1);
+        assert!(graph.node.iter().any(to_int32));
     }
 
     #[test]
