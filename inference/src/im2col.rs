@@ -24,16 +24,26 @@ use tract_onnx::tract_core::tract_linalg::mmm::{
 };
 use tract_onnx::tract_core::tract_linalg::pack::PackedFormat;
 
-/// The largest packed buffer (per image and group) this op keeps a table
-/// for: 4 MiB of table. Larger convolutions stay tract's.
-const MAX_TABLE: usize = 1 << 20;
+/// The slots of all of a model's tables together (4 bytes each): 16 MiB.
+/// Convolutions past it stay tract's, so a model of many large
+/// convolutions with tiny weights cannot make loading take memory without
+/// bound.
+const MAX_TABLES: usize = 1 << 22;
 
-/// Replaces every f32 `Im2col` over an NCHW image of fixed size
-/// (the batch may be symbolic) with [`FastIm2col`]. Returns how many.
+/// Replaces f32 `Im2col`s over an NCHW image of fixed size (the batch may
+/// be symbolic) with [`FastIm2col`], in graph order while their tables fit
+/// in [`MAX_TABLES`]. Returns how many.
 pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
-    crate::fallback::replace_ops(model, |model, node| match node.op_as::<Im2Col>() {
-        Some(im2col) => FastIm2col::of(model, node, im2col),
-        None => Ok(None),
+    let budget = std::cell::Cell::new(MAX_TABLES);
+    crate::fallback::replace_ops(model, |model, node| {
+        let Some(im2col) = node.op_as::<Im2Col>() else {
+            return Ok(None);
+        };
+        let fast = FastIm2col::of(model, node, im2col, budget.get())?;
+        if let Some(fast) = &fast {
+            budget.set(budget.get() - fast.table.len());
+        }
+        Ok(fast)
     })
 }
 
@@ -53,7 +63,14 @@ struct FastIm2col {
 }
 
 impl FastIm2col {
-    fn of(model: &TypedModel, node: &TypedNode, im2col: &Im2Col) -> TractResult<Option<Self>> {
+    /// The op for `im2col`'s node, if it takes the node's input and its
+    /// table has at most `max_slots` slots.
+    fn of(
+        model: &TypedModel,
+        node: &TypedNode,
+        im2col: &Im2Col,
+        max_slots: usize,
+    ) -> TractResult<Option<Self>> {
         let input = model.outlet_fact(node.inputs[0])?;
         let spec = &im2col.pool_spec;
         // The batch may be symbolic; channels and image size must be fixed.
@@ -75,22 +92,29 @@ impl FastIm2col {
             return Ok(None);
         };
         let group = im2col.group;
-        let kernel_len: usize = spec.kernel_shape.iter().product();
+        let kernel_len = spec
+            .kernel_shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d));
+        let group_len = (c.checked_div(group))
+            .and_then(|c| c.checked_mul(h)?.checked_mul(w))
+            .filter(|&n| n > 0 && n < u32::MAX as usize);
         let (k, mn) = (packed.k, packed.mn.to_usize().unwrap_or(0));
+        let (Some(kernel_len), Some(group_len)) = (kernel_len, group_len) else {
+            return Ok(None);
+        };
         let fits = spec.data_format == DataFormat::NCHW
             && input.datum_type == f32::datum_type()
             && format.dt == f32::datum_type()
             && node.inputs.len() == 1
             && spec.kernel_shape.len() == 2
-            && group > 0
             && c % group == 0
-            && h * w > 0
-            && c / group * h * w < u32::MAX as usize
-            && k == c / group * kernel_len
+            && Some(k) == (c / group).checked_mul(kernel_len)
             && k > 0
             && mn > 0
             && format.r > 0
-            && format.len(k, mn) <= MAX_TABLE;
+            && mn.checked_mul(k).is_some_and(|n| n <= max_slots)
+            && format.len(k, mn) <= max_slots;
         if !fits {
             return Ok(None);
         }
@@ -105,7 +129,7 @@ impl FastIm2col {
             return Ok(None);
         }
         let (r, panel_len) = (format.r, format.single_panel_len(k));
-        let (plane, group_len) = (h * w, c / group * h * w);
+        let plane = h * w;
         let mut table = vec![Self::zero(group_len); format.len(k, mn)];
         let (sy, sx) = (
             patch.spec.strides[0] as isize,
@@ -359,7 +383,19 @@ mod tests {
     }
 
     #[test]
-    fn a_fixed_batch_is_swapped_too_and_a_loaded_model_runs_it() {
+    fn a_convolution_past_the_table_budget_stays_tracts() {
+        // 9 taps × a megapixel: 9.4 M slots.
+        let big = Geometry {
+            image: [1024, 1024],
+            ..DIGITS
+        };
+        let mut model = conv_model(big, None);
+        assert_eq!(swap_in(&mut model).unwrap(), 0);
+        assert!(op_names(&model).contains(&"Im2col".to_string()));
+    }
+
+    #[test]
+    fn a_fixed_batch_is_swapped_too() {
         let mut fixed = conv_model(DIGITS, Some(4));
         assert_eq!(swap_in(&mut fixed).unwrap(), 1);
         assert!(op_names(&fixed).contains(&"FastIm2col".to_string()));

@@ -65,9 +65,10 @@ const F32_EXACT: u64 = 1 << 24;
 ///   2^24 in any order of summation: 255 (which bounds `|a - a_zp|` for
 ///   uint8 and int8 alike) times the widest output's `Σ |b - b_zp|` below
 ///   2^24. tract pads `ConvInteger`'s input with `a_zp`, which is 0 once
-///   centred, so padding stays exact too. Where every reader casts the
-///   int32 straight to float (as dynamic quantization does before
-///   rescaling), the product stays f32 with no casts: the same value, an
+///   centred, so padding stays exact too. Where every reader of a
+///   `MatMulInteger` casts the int32 straight to float (as dynamic
+///   quantization does before rescaling), the product stays f32 with no
+///   casts: the same value, an
 ///   integer below 2^24 being its own f32 and an all-zero sum +0 as the
 ///   int32 0's cast (tract's products sum from +0). tract then fuses the
 ///   rescale, bias and ReLU into the product (digits MLP at batch 32:
@@ -161,7 +162,10 @@ pub(crate) fn integer_products_as_float(graph: &mut pb::GraphProto) -> usize {
             nodes.push(node);
             continue;
         };
-        let as_float = plan.requant.is_none() && read_as_float.contains(&plan.y);
+        // Not a convolution: tract folds a per-channel Mul or Add that
+        // directly follows a Conv into its kernel or bias, which would
+        // change the sums (the int32 casts keep them apart).
+        let as_float = plan.requant.is_none() && !plan.conv && read_as_float.contains(&plan.y);
         if as_float {
             retyped.insert(plan.y.clone());
         }
@@ -205,12 +209,13 @@ fn inputs_read<'a>(nodes: &'a [pb::NodeProto], read: &mut HashSet<&'a str>) {
 fn read_only_as_float(graph: &pb::GraphProto) -> HashSet<String> {
     let mut only: HashMap<&str, bool> = HashMap::new();
     for node in &graph.node {
+        // tract reads the first `to`, which must be an integer attribute.
+        let to = node.attribute.iter().find(|a| a.name == "to");
         let to_float = node.op_type == "Cast"
             && node.domain.is_empty()
-            && node
-                .attribute
-                .iter()
-                .any(|a| a.name == "to" && a.i == D::Float as i64);
+            && to.is_some_and(|a| {
+                a.r#type == pb::attribute_proto::AttributeType::Int as i32 && a.i == D::Float as i64
+            });
         for input in &node.input {
             *only.entry(input).or_insert(true) &= to_float;
         }
@@ -595,7 +600,7 @@ fn unused(names: &mut HashSet<String>, wanted: &str) -> String {
     name
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, to: Option<D>) -> pb::NodeProto {
+pub(crate) fn node(op: &str, inputs: &[&str], output: &str, to: Option<D>) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op.into(),
         name: output.into(),
@@ -916,12 +921,15 @@ pub(crate) mod tests {
     fn a_product_read_only_as_float_stays_f32_with_bit_identical_outputs() {
         let (k, n) = (64, 6);
         // Two weight columns equal to their zero point: every term of
-        // their sums is ±0.
+        // their sums is ±0. One column all below its zero point: times the
+        // row of zeros below, every term is -0, and the sum must still be
+        // the +0 of the int32 0 cast to float.
         let mut w = weights(k * n, 3);
         let w_zp: Vec<i8> = vec![0, -3, 0, 2, 0, 0];
         for row in w.chunks_exact_mut(n) {
             row[1] = -3;
             row[3] = 2;
+            row[5] = -100;
         }
         let original = cast_to_float_model(k, n, &w, &w_zp, false);
         let mut rewritten = original.clone();
@@ -946,7 +954,7 @@ pub(crate) mod tests {
             // A row of zeros quantizes to the zero point: ±0 terms again.
             x[..k].fill(0.0);
             let expected = bits(&original, &x);
-            assert!(expected.contains(&0), "the case must hold zero sums");
+            assert_eq!(expected[5], 0, "row 0, column 5: a sum of -0 terms is +0");
             assert_eq!(bits(&rewritten, &x), expected, "seed {seed}");
         }
         // Read as int32 too (here: a graph output), the cast stays.
@@ -954,6 +962,33 @@ pub(crate) mod tests {
         let graph = both.graph.as_mut().unwrap();
         assert_eq!(integer_products_as_float(graph), 1);
         assert!(graph.node.iter().any(to_int32));
+    }
+
+    #[test]
+    fn only_values_every_reader_casts_to_float_count_as_read_as_float() {
+        let cast = |input: &str, to: &[D]| pb::NodeProto {
+            attribute: to
+                .iter()
+                .map(|&to| node("Cast", &[], "", Some(to)).attribute.remove(0))
+                .collect(),
+            ..node("Cast", &[input], &format!("{input}_cast"), None)
+        };
+        let graph = pb::GraphProto {
+            node: vec![
+                cast("a", &[D::Float]),
+                cast("a", &[D::Float]),
+                // tract casts by the first `to`.
+                cast("b", &[D::Int8, D::Float]),
+                cast("c", &[D::Float]),
+                node("Relu", &["c"], "c_relu", None),
+                cast("d", &[D::Float]),
+                cast("e", &[]),
+            ],
+            output: untyped(&["d"]),
+            ..Default::default()
+        };
+        let found = read_only_as_float(&graph);
+        assert_eq!(found, HashSet::from(["a".to_string()]));
     }
 
     #[test]
@@ -1023,6 +1058,16 @@ pub(crate) mod tests {
             }
             assert_eq!(run(&rewritten, &x), run(&original, &x), "seed {seed}");
         }
+        // Read only as float, a convolution still casts to int32: tract
+        // would fold a per-channel Mul or Add right after a Conv into its
+        // kernel or bias, changing the sums.
+        let graph = original.graph.as_mut().unwrap();
+        graph.node.push(node("Cast", &["y"], "yf", Some(D::Float)));
+        graph.output = vec![value("yf", D::Float, &[1, 3, 3, 3])];
+        assert_eq!(integer_products_as_float(graph), 1);
+        let to_int32 =
+            |n: &pb::NodeProto| n.op_type == "Cast" && n.attribute[0].i == D::Int32 as i64;
+        assert!(graph.node.iter().any(to_int32));
     }
 
     /// x float → QuantizeLinear → `op` (QLinearMatMul or QLinearConv) with
