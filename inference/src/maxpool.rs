@@ -40,17 +40,24 @@ struct FastMaxPool {
     fallback: MaxPool,
 }
 
+/// Whether each of the pool's outputs is one of its input values (NaN
+/// aside): no padding, so every window lies inside the image, and only the
+/// pooled values as output.
+pub(crate) fn picks_input_values(pool: &MaxPool) -> bool {
+    let unpadded = match &pool.pool_spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(before, after)
+        | PaddingSpec::ExplicitOnnxPool(before, after, false) => {
+            before.iter().chain(after).all(|&p| p == 0)
+        }
+        _ => false,
+    };
+    unpadded && pool.with_index_outputs.is_none()
+}
+
 impl FastMaxPool {
     fn of(pool: &MaxPool) -> Option<FastMaxPool> {
         let spec = &pool.pool_spec;
-        let unpadded = match &spec.padding {
-            PaddingSpec::Valid => true,
-            PaddingSpec::Explicit(before, after)
-            | PaddingSpec::ExplicitOnnxPool(before, after, false) => {
-                before.iter().chain(after).all(|&p| p == 0)
-            }
-            _ => false,
-        };
         let channels_first = matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW);
         let kernel: [usize; 2] = spec.kernel_shape.as_slice().try_into().ok()?;
         let strides: [usize; 2] = spec.strides().as_ref().try_into().ok()?;
@@ -58,10 +65,9 @@ impl FastMaxPool {
         // tract pools a 2×2 window at stride 1 with its own vector kernel,
         // whose order of comparison this op does not copy.
         let tracts_vector_kernel = kernel == [2, 2] && strides == [1, 1];
-        (unpadded
+        (picks_input_values(pool)
             && channels_first
             && undilated
-            && pool.with_index_outputs.is_none()
             && !tracts_vector_kernel
             && kernel.iter().chain(&strides).all(|&k| k >= 1))
         .then(|| FastMaxPool {

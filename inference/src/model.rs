@@ -177,6 +177,7 @@ impl Model {
             .and_then(|mut m| {
                 crate::quantize::swap_in(&mut m);
                 crate::quantize::swap_in_quantizers(&mut m)?;
+                crate::quantize::drop_repeated_fake_quants(&mut m)?;
                 input_dims_at_least_one(&m)?;
                 m.into_optimized()
             })
@@ -656,17 +657,11 @@ mod tests {
             V::DimValue(64),
         ];
         let value = |name: &str| crate::rewrite::tests::value_with(name, D::Float, &dims);
-        let scalar = |name: &str, v: f32| pb::TensorProto {
-            name: name.into(),
-            data_type: D::Float as i32,
-            raw_data: v.to_le_bytes().to_vec(),
-            ..Default::default()
+        let scalar = |name: &str, v: f32| {
+            crate::rewrite::tests::initializer(name, D::Float, &[], &v.to_le_bytes())
         };
-        let node = |op: &str, inputs: &[&str], output: &str| pb::NodeProto {
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            ..Default::default()
+        let node = |op: &str, inputs: &[&str], output: &str| {
+            crate::rewrite::node(op, inputs, output, None)
         };
         let model = crate::rewrite::tests::graph_model(pb::GraphProto {
             node: vec![

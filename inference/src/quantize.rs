@@ -203,6 +203,61 @@ pub(crate) fn swap_in_quantizers(model: &mut TypedModel) -> TractResult<usize> {
     Ok(swapped)
 }
 
+/// Removes each fused quantize-dequantize pair whose input can only hold
+/// values of an earlier pair's grid (through ops that only move or pick
+/// values: axis changes, a max pool without padding) when it maps every
+/// value of that grid to itself, bit for bit: checked over all of the
+/// grid's levels at load. A QDQ model re-quantizes after every `MaxPool`
+/// and `Flatten` with the scale it had before (digits CNN: two of six
+/// pairs). Returns how many went.
+pub(crate) fn drop_repeated_fake_quants(model: &mut TypedModel) -> TractResult<usize> {
+    use tract_onnx::tract_core::ops::change_axes::AxisOp;
+    use tract_onnx::tract_core::ops::cnn::MaxPool;
+    let outputs: std::collections::HashSet<OutletId> =
+        model.output_outlets()?.iter().copied().collect();
+    let mut dropped = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(pair) = node.op_as::<FastQuantize>().cloned() else {
+            continue;
+        };
+        let Some(to_grid) = pair.to_grid() else {
+            continue;
+        };
+        if outputs.contains(&OutletId::new(id, 0)) {
+            continue;
+        }
+        let mut source = node.inputs[0];
+        let earlier = loop {
+            let upstream = model.node(source.node);
+            if let Some(pair) = upstream.op_as::<FastQuantize>() {
+                break pair.grid();
+            }
+            let picks = upstream.op_is::<AxisOp>()
+                || upstream
+                    .op_as::<MaxPool>()
+                    .is_some_and(crate::maxpool::picks_input_values);
+            if !picks || upstream.inputs.len() != 1 {
+                break None;
+            }
+            source = upstream.inputs[0];
+        };
+        // Finite, so that a max pool picks one of them (it skips NaN).
+        let idempotent = earlier.is_some_and(|mut grid| {
+            grid.all(|v| v.is_finite() && to_grid(v).to_bits() == v.to_bits())
+        });
+        if !idempotent {
+            continue;
+        }
+        if let Some(patch) = TypedModelPatch::shunt_one_op(model, model.node(id))? {
+            patch.apply(model)?;
+            dropped += 1;
+        }
+    }
+    model.compact()?;
+    Ok(dropped)
+}
+
 /// `QuantizeLinear` to int8 or uint8 with one scale and zero point, as tract
 /// computes it (`clamp(round_ties_even(x · (1 / y_scale)) + zero_point)`,
 /// NaN to the zero point) in a loop the compiler vectorises, optionally
@@ -248,15 +303,32 @@ impl FastQuantize {
         }
     }
 
+    /// The lowest and highest level.
+    fn range(&self) -> (i32, i32) {
+        if self.unsigned { (0, 255) } else { (-128, 127) }
+    }
+
     /// The quantized level of x, as an integer-valued f32.
     fn level(&self) -> impl Fn(f32) -> f32 {
-        let (lo, hi) = if self.unsigned {
-            (0.0, 255.0)
-        } else {
-            (-128.0, 127.0)
-        };
+        let (lo, hi) = self.range();
         let (zp, multiplier) = (self.zero_point as f32, self.multiplier);
-        move |x: f32| to_level(x * multiplier, zp, lo, hi)
+        move |x: f32| to_level(x * multiplier, zp, lo as f32, hi as f32)
+    }
+
+    /// For a fused pair: x rounded to the grid and dequantized.
+    fn to_grid(&self) -> Option<impl Fn(f32) -> f32> {
+        let (scale, zero_point) = self.dequantize?;
+        let (level, zp) = (self.level(), zero_point as f32);
+        Some(move |x| (level(x) - zp) * scale)
+    }
+
+    /// For a fused pair: every value [`Self::to_grid`] can give, computed
+    /// as it computes them.
+    fn grid(&self) -> Option<impl Iterator<Item = f32>> {
+        let (scale, zero_point) = self.dequantize?;
+        let (lo, hi) = self.range();
+        let zp = zero_point as f32;
+        Some((lo..=hi).map(move |level| (level as f32 - zp) * scale))
     }
 }
 
@@ -294,16 +366,14 @@ impl EvalOp for FastQuantize {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let level = self.level();
-        if let Some((scale, zero_point)) = self.dequantize {
+        if let Some(to_grid) = self.to_grid() {
             // f32 to f32: written over the input, which saves a buffer.
-            let zp = zero_point as f32;
-            let dequantized = |x| (level(x) - zp) * scale;
             return Ok(tvec!(crate::inplace::map_in_place(
                 inputs.remove(0),
-                dequantized
+                to_grid
             )?));
         }
+        let level = self.level();
         let input = inputs[0].try_as_plain_ram()?;
         let xs = input.as_slice::<f32>()?;
         let shape = inputs[0].shape();
@@ -457,34 +527,26 @@ mod tests {
     /// x → QuantizeLinear(0.25, int8 zp) → DequantizeLinear → `pair`, and
     /// x → QuantizeLinear(0.1, uint8 zp) → `alone`.
     fn quantizer_model() -> tract_onnx::pb::ModelProto {
+        use crate::rewrite::tests::{graph_model, initializer, untyped, value};
         use pb::tensor_proto::DataType as D;
         use tract_onnx::pb;
-        let scalar = |name: &str, dt: D, bytes: &[u8]| pb::TensorProto {
-            name: name.into(),
-            data_type: dt as i32,
-            raw_data: bytes.to_vec(),
-            ..Default::default()
+        let node = |op: &str, inputs: &[&str], output: &str| {
+            crate::rewrite::node(op, inputs, output, None)
         };
-        let node = |op: &str, inputs: [&str; 3], output: &str| pb::NodeProto {
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            ..Default::default()
-        };
-        crate::rewrite::tests::graph_model(pb::GraphProto {
+        graph_model(pb::GraphProto {
             node: vec![
-                node("QuantizeLinear", ["x", "s", "zp"], "q"),
-                node("DequantizeLinear", ["q", "s", "zp"], "pair"),
-                node("QuantizeLinear", ["x", "s2", "zp2"], "alone"),
+                node("QuantizeLinear", &["x", "s", "zp"], "q"),
+                node("DequantizeLinear", &["q", "s", "zp"], "pair"),
+                node("QuantizeLinear", &["x", "s2", "zp2"], "alone"),
             ],
             initializer: vec![
-                scalar("s", D::Float, &0.25f32.to_le_bytes()),
-                scalar("zp", D::Int8, &[(-3i8) as u8]),
-                scalar("s2", D::Float, &0.1f32.to_le_bytes()),
-                scalar("zp2", D::Uint8, &[128]),
+                initializer("s", D::Float, &[], &0.25f32.to_le_bytes()),
+                initializer("zp", D::Int8, &[], &[(-3i8) as u8]),
+                initializer("s2", D::Float, &[], &0.1f32.to_le_bytes()),
+                initializer("zp2", D::Uint8, &[], &[128]),
             ],
-            input: vec![crate::rewrite::tests::value("x", D::Float, &[3, 300])],
-            output: crate::rewrite::tests::untyped(&["pair", "alone"]),
+            input: vec![value("x", D::Float, &[3, 300])],
+            output: untyped(&["pair", "alone"]),
             ..Default::default()
         })
     }
@@ -544,6 +606,81 @@ mod tests {
         for (w, g) in want.iter().zip(&got) {
             assert_eq!(w.datum_type(), g.datum_type());
             assert_eq!(w.as_bytes(), g.as_bytes(), "outputs differ");
+        }
+    }
+
+    /// x [1, 2, 4, 4] → QDQ(0.25, zp 3) → MaxPool 2×2 → QDQ(same) → Flatten
+    /// → QDQ(same) → Relu → `same`, and the flattened values → QDQ(0.3) →
+    /// `other`.
+    fn repeated_qdq_model() -> tract_onnx::pb::ModelProto {
+        use crate::rewrite::tests::{graph_model, initializer, ints, untyped, value};
+        use pb::tensor_proto::DataType as D;
+        use tract_onnx::pb;
+        let node = |op: &str, inputs: &[&str], output: &str| {
+            crate::rewrite::node(op, inputs, output, None)
+        };
+        let mut pool = node("MaxPool", &["d1"], "p");
+        pool.attribute = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
+        graph_model(pb::GraphProto {
+            node: vec![
+                node("QuantizeLinear", &["x", "s", "zp"], "q1"),
+                node("DequantizeLinear", &["q1", "s", "zp"], "d1"),
+                pool,
+                node("QuantizeLinear", &["p", "s", "zp"], "q2"),
+                node("DequantizeLinear", &["q2", "s", "zp"], "d2"),
+                node("Flatten", &["d2"], "f"),
+                node("QuantizeLinear", &["f", "s", "zp"], "q3"),
+                node("DequantizeLinear", &["q3", "s", "zp"], "d3"),
+                node("Relu", &["d3"], "same"),
+                node("QuantizeLinear", &["f", "s4", "zp"], "q4"),
+                node("DequantizeLinear", &["q4", "s4", "zp"], "other"),
+            ],
+            initializer: vec![
+                initializer("s", D::Float, &[], &0.25f32.to_le_bytes()),
+                initializer("s4", D::Float, &[], &0.3f32.to_le_bytes()),
+                initializer("zp", D::Uint8, &[], &[3]),
+            ],
+            input: vec![value("x", D::Float, &[1, 2, 4, 4])],
+            output: untyped(&["same", "other"]),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_pair_repeating_an_earlier_grid_goes_with_identical_outputs() {
+        let typed = onnx()
+            .model_for_proto_model(&repeated_qdq_model())
+            .unwrap()
+            .into_typed()
+            .unwrap();
+        let mut ours = typed.clone();
+        assert_eq!(swap_in_quantizers(&mut ours).unwrap(), 4);
+        // After the pool and after the flatten; not the other grid.
+        assert_eq!(drop_repeated_fake_quants(&mut ours).unwrap(), 2);
+        let pairs = crate::rewrite::tests::op_names(&ours)
+            .iter()
+            .filter(|n| *n == "FastQuantizeDequantize")
+            .count();
+        assert_eq!(pairs, 2);
+        let run = |m: TypedModel, x: &[f32]| {
+            let x = Tensor::from_shape(&[1, 2, 4, 4], x).unwrap();
+            let plan = m.into_optimized().unwrap().into_runnable().unwrap();
+            plan.run(tvec!(x.into_tvalue())).unwrap()
+        };
+        // Ties, NaN, far out of range (but not where tract's i32 overflows:
+        // see `FastQuantize`).
+        let specials = [f32::NAN, 1e6, -1e6, -0.0, 0.125, 0.375, 62.875];
+        for seed in 0..8u32 {
+            let x: Vec<f32> = (0..32u32)
+                .map(|i| match (i * 7 + seed * 13) % 11 {
+                    k @ 0..=2 => specials[((k + seed) % 7) as usize],
+                    k => (k as f32 - 6.0) * 0.37 * (seed as f32 + 1.0),
+                })
+                .collect();
+            let (want, got) = (run(typed.clone(), &x), run(ours.clone(), &x));
+            for (w, g) in want.iter().zip(&got) {
+                assert_eq!(w.as_bytes(), g.as_bytes(), "seed {seed}");
+            }
         }
     }
 
