@@ -208,6 +208,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rewrite::tests::onnx;
     use proptest::prelude::*;
 
     /// tract's own op on the same operands.

@@ -126,6 +126,7 @@ impl TypedOp for CastThroughI32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rewrite::tests::onnx;
     use tract_onnx::pb;
 
     /// x → Cast(int32) → Cast(float) → y; x → Cast(int64) → z (a second

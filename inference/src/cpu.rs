@@ -44,8 +44,10 @@ impl Int8Kernels {
         }
     }
 
-    /// This machine's family (`TRACT_CPU_ISA` applied, as tract does).
+    /// This machine's family (`TRACT_CPU_ISA` applied, as tract does;
+    /// AMX masked, see [`mask_faulty_kernels`]).
     pub fn native() -> Int8Kernels {
+        mask_faulty_kernels();
         Int8Kernels::of(tract_linalg::isa::native())
     }
 
@@ -64,6 +66,30 @@ impl Int8Kernels {
             Int8Kernels::Plain => "plain",
         }
     }
+}
+
+/// Takes tract's AMX kernels out of its pool, once per process, before
+/// tract first asks what this CPU has (it asks once and keeps the answer).
+///
+/// tract 0.23.9's AMX int8 matrix kernel reads past the end of its packed
+/// operands: on a Sapphire Rapids box the appliance died of SIGSEGV inside
+/// `avx512amx_mmm_i32_8x8` on about half the runs of a 1 MiB digits request
+/// (tests/tests/abuse.rs), whenever the over-read crossed into an unmapped
+/// page. Such a CPU also has AVX-512 VNNI, whose kernels give the same
+/// integer sums, so int8 stays on fast kernels. (AMX bf16 is masked too: the
+/// same tiles, and lossy besides.) This is a process-wide setting below the
+/// environment: an operator who sets `TRACT_CPU_ISA` decides alone.
+pub(crate) fn mask_faulty_kernels() {
+    static MASKED: std::sync::Once = std::sync::Once::new();
+    MASKED.call_once(|| {
+        if cfg!(target_arch = "x86_64") {
+            // Cannot fail: the name is tract's and nothing else sets it.
+            let _ = tract_onnx::tract_core::knobs::set_config_global(
+                "TRACT_CPU_ISA",
+                "-amx-int8,-amx-bf16",
+            );
+        }
+    });
 }
 
 impl fmt::Display for Int8Kernels {
@@ -105,5 +131,20 @@ mod tests {
         );
         let arm = IsaSet::of_arch(Arch::Aarch64).with(Isa::Aarch64DotProd);
         assert_eq!(Int8Kernels::of(arm), Int8Kernels::DotProduct);
+    }
+
+    #[test]
+    fn tracts_amx_kernels_are_never_picked() {
+        // Unless the environment says otherwise (tests/tests/cpu.rs masks
+        // through it; nothing here adds AMX back).
+        let forced = std::env::var("TRACT_CPU_ISA").unwrap_or_default();
+        if forced.contains("+amx") {
+            return;
+        }
+        let _ = Int8Kernels::native();
+        let set = tract_linalg::isa::native();
+        assert!(!set.iter().any(|i| i == Isa::X86_64AmxInt8), "{set:?}");
+        assert!(!set.iter().any(|i| i == Isa::X86_64AmxBf16), "{set:?}");
+        assert_ne!(Int8Kernels::native(), Int8Kernels::Amx);
     }
 }

@@ -397,6 +397,7 @@ impl TypedOp for FastQuantize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rewrite::tests::onnx;
     use proptest::prelude::*;
 
     /// tract's own definition, written out scalar.

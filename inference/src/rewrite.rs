@@ -625,6 +625,13 @@ pub(crate) mod tests {
     use pb::tensor_proto::DataType as D;
     use tract_onnx::prelude::*;
 
+    /// tract's ONNX loader, with what [`crate::cpu::mask_faulty_kernels`]
+    /// masks masked first, as [`crate::Model::load`] does.
+    pub(crate) fn onnx() -> tract_onnx::Onnx {
+        crate::cpu::mask_faulty_kernels();
+        tract_onnx::onnx()
+    }
+
     pub(crate) fn value(name: &str, elem: D, dims: &[i64]) -> pb::ValueInfoProto {
         use pb::tensor_shape_proto::dimension::Value as V;
         let dims: Vec<V> = dims.iter().map(|&d| V::DimValue(d)).collect();
