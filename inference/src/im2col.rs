@@ -1,5 +1,5 @@
-//! f32 `Im2col` (the patch matrix a convolution multiplies) copied by a
-//! table built at load.
+//! `Im2col` (the patch matrix a convolution multiplies: f32, or int8 on a
+//! CPU with fast int8 kernels) copied by a table built at load.
 //!
 //! tract lowers a convolution to `Im2col` → matrix product, the patch matrix
 //! written straight into the product's packed layout (panels of `r`
@@ -14,15 +14,17 @@
 
 use std::sync::Arc;
 
+use tract_onnx::prelude::tract_num_traits::Zero;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::PatchSpec;
 use tract_onnx::tract_core::ops::cnn::conv::Im2Col;
 use tract_onnx::tract_core::ops::nn::DataFormat;
+use tract_onnx::tract_core::tract_linalg::mmm::MMMInputFormat;
 use tract_onnx::tract_core::tract_linalg::mmm::{
     EagerPackedInput, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
 };
-use tract_onnx::tract_core::tract_linalg::pack::PackedFormat;
+use tract_onnx::tract_core::tract_linalg::pack::{PackedFormat, PackedI8K4};
 
 /// The slots of all of a model's tables together (4 bytes each): 16 MiB.
 /// Convolutions past it stay tract's, so a model of many large
@@ -30,9 +32,9 @@ use tract_onnx::tract_core::tract_linalg::pack::PackedFormat;
 /// bound.
 const MAX_TABLES: usize = 1 << 22;
 
-/// Replaces f32 `Im2col`s over an NCHW image of fixed size (the batch may
-/// be symbolic) with [`FastIm2col`], in graph order while their tables fit
-/// in [`MAX_TABLES`]. Returns how many.
+/// Replaces `Im2col`s over an NCHW image of fixed size (the batch may be
+/// symbolic) with [`FastIm2col`], in graph order while their tables fit in
+/// [`MAX_TABLES`]. Returns how many.
 pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
     let budget = std::cell::Cell::new(MAX_TABLES);
     crate::fallback::replace_ops(model, |model, node| {
@@ -47,15 +49,81 @@ pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
     })
 }
 
+/// The two packed layouts tract's `Im2col` writes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Layout {
+    /// Panels of `r` columns, one row of `r` values per `k` (f32, and int8
+    /// on AVX2).
+    Rows(PackedFormat),
+    /// Panels of `r` columns, `k` in blocks of 4 values per column (int8
+    /// for the VNNI and dot-product kernels), `k` padded to a multiple of 4.
+    K4(PackedI8K4),
+}
+
+impl Layout {
+    fn of(format: &dyn MMMInputFormat, dt: DatumType) -> Option<Layout> {
+        if let Some(f) = format.downcast_ref::<PackedFormat>() {
+            (f.dt == dt && f.r > 0).then(|| Layout::Rows(f.clone()))
+        } else if let Some(f) = format.downcast_ref::<PackedI8K4>() {
+            (dt.size_of() == 1 && f.r > 0).then(|| Layout::K4(f.clone()))
+        } else {
+            None
+        }
+    }
+
+    fn r(&self) -> usize {
+        match self {
+            Layout::Rows(f) => f.r,
+            Layout::K4(f) => f.r,
+        }
+    }
+
+    fn panel_len(&self, k: usize) -> usize {
+        match self {
+            Layout::Rows(f) => f.single_panel_len(k),
+            Layout::K4(f) => f.single_panel_len(k),
+        }
+    }
+
+    /// Values in the packed buffer of `mn` columns.
+    fn len(&self, k: usize, mn: usize) -> usize {
+        mn.div_ceil(self.r()) * self.panel_len(k)
+    }
+
+    fn alignment(&self) -> usize {
+        match self {
+            Layout::Rows(f) => f.alignment(),
+            Layout::K4(f) => f.alignment(),
+        }
+    }
+
+    /// Where row `row` of column `n` goes.
+    fn slot(&self, k: usize, row: usize, n: usize) -> usize {
+        let (r, panel) = (self.r(), n / self.r() * self.panel_len(k));
+        match self {
+            Layout::Rows(_) => panel + row * r + n % r,
+            Layout::K4(_) => panel + row / 4 * r * 4 + n % r * 4 + row % 4,
+        }
+    }
+
+    fn boxed(&self) -> Box<dyn MMMInputFormat> {
+        match self {
+            Layout::Rows(f) => Box::new(f.clone()),
+            Layout::K4(f) => Box::new(f.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FastIm2col {
     /// The input's shape past the batch axis: `[c, h, w]`.
     chw: [usize; 3],
-    format: PackedFormat,
+    dt: DatumType,
+    layout: Layout,
     k: usize,
     mn: usize,
     /// For each slot of one image-and-group's packed buffer, the index of
-    /// its value in that group's channels, or [`Self::zero`].
+    /// its value in that group's channels, [`Self::pad`] or [`Self::zero`].
     table: Arc<[u32]>,
     /// tract's op, for its output facts and whatever tensor this one does
     /// not take.
@@ -88,8 +156,21 @@ impl FastIm2col {
         let (Some([c, h, w]), Some(packed)) = (chw, packed) else {
             return Ok(None);
         };
-        let Some(format) = packed.format.downcast_ref::<PackedFormat>() else {
+        let dt = input.datum_type;
+        let Some(layout) = Layout::of(&*packed.format, dt) else {
             return Ok(None);
+        };
+        // The padding value, when it is not 0: a scalar of the input's type,
+        // or for int8 an i32 (an int8 convolution's zero point) of which
+        // tract takes the first byte.
+        let pad_fits = match node.inputs.get(1) {
+            None => true,
+            Some(pad) => {
+                let pad = model.outlet_fact(*pad)?;
+                let int8_zero_point = dt.size_of() == 1 && pad.datum_type == i32::datum_type();
+                (pad.datum_type == dt || int8_zero_point)
+                    && pad.shape.volume().to_usize().ok() == Some(1)
+            }
         };
         let group = im2col.group;
         let kernel_len = spec
@@ -104,17 +185,18 @@ impl FastIm2col {
             return Ok(None);
         };
         let fits = spec.data_format == DataFormat::NCHW
-            && input.datum_type == f32::datum_type()
-            && format.dt == f32::datum_type()
-            && node.inputs.len() == 1
+            && [f32::datum_type(), i8::datum_type(), u8::datum_type()].contains(&dt)
+            && node.inputs.len() <= 2
+            && pad_fits
             && spec.kernel_shape.len() == 2
             && c % group == 0
             && Some(k) == (c / group).checked_mul(kernel_len)
             && k > 0
             && mn > 0
-            && format.r > 0
-            && mn.checked_mul(k).is_some_and(|n| n <= max_slots)
-            && format.len(k, mn) <= max_slots;
+            && mn
+                .checked_mul(k.next_multiple_of(4))
+                .is_some_and(|n| n <= max_slots)
+            && layout.len(k, mn) <= max_slots;
         if !fits {
             return Ok(None);
         }
@@ -128,9 +210,8 @@ impl FastIm2col {
         if oh * ow != mn {
             return Ok(None);
         }
-        let (r, panel_len) = (format.r, format.single_panel_len(k));
         let plane = h * w;
-        let mut table = vec![Self::zero(group_len); format.len(k, mn)];
+        let mut table = vec![Self::zero(group_len); layout.len(k, mn)];
         let (sy, sx) = (
             patch.spec.strides[0] as isize,
             patch.spec.strides[1] as isize,
@@ -147,15 +228,16 @@ impl FastIm2col {
                     let source = if inside {
                         (ci * plane) as isize + y * w as isize + x
                     } else {
-                        Self::zero(group_len) as isize
+                        Self::pad(group_len) as isize
                     };
-                    table[n / r * panel_len + row * r + n % r] = source as u32;
+                    table[layout.slot(k, row, n)] = source as u32;
                 }
             }
         }
         Ok(Some(FastIm2col {
             chw: [c, h, w],
-            format: format.clone(),
+            dt,
+            layout,
             k,
             mn,
             table: table.into(),
@@ -163,11 +245,17 @@ impl FastIm2col {
         }))
     }
 
-    /// The scratch slot past a group's channels, holding zero: the padding
-    /// (tract's, for an op without a pad-value input) and the packing's
-    /// unused lanes.
-    fn zero(group_len: usize) -> u32 {
+    /// The scratch slot past a group's channels, holding the padding value
+    /// (the op's second input, or 0).
+    fn pad(group_len: usize) -> u32 {
         group_len as u32
+    }
+
+    /// The scratch slot after [`Self::pad`], holding 0: the packing's unused
+    /// lanes, past `mn` and (K4) past `k`, which the product multiplies and
+    /// must find 0 in.
+    fn zero(group_len: usize) -> u32 {
+        group_len as u32 + 1
     }
 
     fn label(&self) -> StaticName {
@@ -177,41 +265,92 @@ impl FastIm2col {
     /// The packed patches, or `None` for a tensor this op does not take.
     fn try_eval(&self, inputs: &mut TVec<TValue>) -> TractResult<Option<Tensor>> {
         let x = &inputs[0];
-        let shape = x.shape();
-        let [batch, chw @ ..] = shape else {
+        let [batch, chw @ ..] = x.shape() else {
             return Ok(None);
         };
-        if x.datum_type() != f32::datum_type() || chw != self.chw {
+        if x.datum_type() != self.dt || chw != self.chw {
             return Ok(None);
         }
-        let ram = x.try_as_plain_ram()?;
-        let xs = ram.as_slice::<f32>()?;
+        let batch = *batch;
+        if self.dt == f32::datum_type() {
+            self.gather::<f32>(inputs, batch)
+        } else if self.dt == i8::datum_type() {
+            self.gather::<i8>(inputs, batch)
+        } else if self.dt == u8::datum_type() {
+            self.gather::<u8>(inputs, batch)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn gather<T: Datum + Copy + Zero + PadValue>(
+        &self,
+        inputs: &TVec<TValue>,
+        batch: usize,
+    ) -> TractResult<Option<Tensor>> {
+        let pad = match inputs.get(1) {
+            None => T::zero(),
+            Some(pad) if pad.len() == 1 => match T::read(pad.as_bytes()) {
+                Some(pad) => pad,
+                None => return Ok(None),
+            },
+            Some(_) => return Ok(None),
+        };
+        let ram = inputs[0].try_as_plain_ram()?;
+        let xs = ram.as_slice::<T>()?;
         let group = self.fallback.group;
         let group_len = self.chw.iter().product::<usize>() / group;
-        let mut scratch = vec![0f32; group_len + 1];
+        let mut scratch = vec![T::zero(); group_len + 2];
+        scratch[Self::pad(group_len) as usize] = pad;
+        let panel_bytes = self.layout.panel_len(self.k) * self.dt.size_of();
         let mut values: TVec<Box<dyn MMMInputValue>> = TVec::with_capacity(batch * group);
         for channels in xs.chunks_exact(group_len) {
             scratch[..group_len].copy_from_slice(channels);
             let mut packed =
-                Tensor::zero_aligned::<f32>(&[self.table.len()], self.format.alignment())?;
+                Tensor::zero_aligned::<T>(&[self.table.len()], self.layout.alignment())?;
             let mut packed_ram = packed.try_as_plain_ram_mut()?;
-            let slots = packed_ram.as_slice_mut::<f32>()?;
+            let slots = packed_ram.as_slice_mut::<T>()?;
             for (slot, &from) in slots.iter_mut().zip(self.table.iter()) {
                 *slot = scratch[from as usize];
             }
             values.push(Box::new(EagerPackedInput {
                 fact: PackedExoticFact {
-                    format: Box::new(self.format.clone()),
+                    format: self.layout.boxed(),
                     k: self.k,
                     mn: self.mn.to_dim(),
                 },
                 packed: Arc::new(packed.into_blob()?),
-                panel_bytes: self.format.single_panel_len(self.k) * size_of::<f32>(),
+                panel_bytes,
                 mn: self.mn,
             }));
         }
-        let storage = PackedMatrixStorage::new_batched(&[*batch, group], values);
-        Ok(Some(storage.into_tensor(f32::datum_type())))
+        let storage = PackedMatrixStorage::new_batched(&[batch, group], values);
+        Ok(Some(storage.into_tensor(self.dt)))
+    }
+}
+
+/// A padding value from the bytes of a one-element tensor, read as tract's
+/// `Im2col` reads it: its first bytes as the input's type (for int8, the
+/// low byte of an i32 zero point).
+trait PadValue: Sized {
+    fn read(bytes: &[u8]) -> Option<Self>;
+}
+
+impl PadValue for f32 {
+    fn read(bytes: &[u8]) -> Option<f32> {
+        Some(f32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?))
+    }
+}
+
+impl PadValue for i8 {
+    fn read(bytes: &[u8]) -> Option<i8> {
+        Some(i8::from_ne_bytes([*bytes.first()?]))
+    }
+}
+
+impl PadValue for u8 {
+    fn read(bytes: &[u8]) -> Option<u8> {
+        bytes.first().copied()
     }
 }
 
@@ -353,6 +492,100 @@ mod tests {
         true
     }
 
+    /// x u8 [batch, c, h, w] → ConvInteger (int8 weights, input zero point
+    /// 7, so the padding is 7, not 0) → y i32, the batch named; optimised.
+    fn conv_integer_model(g: Geometry) -> TypedModel {
+        use pb::tensor_shape_proto::dimension::Value as V;
+        let [kh, kw] = g.kernel;
+        let n = g.m * g.c / g.group * kh * kw;
+        let weights: Vec<u8> = (0..n)
+            .map(|i| ((i * 37 % 255) as i16 - 127) as i8 as u8)
+            .collect();
+        let attribute =
+            |name: &str, v: &[usize]| ints(name, &v.iter().map(|&x| x as i64).collect::<Vec<_>>());
+        let group = pb::AttributeProto {
+            name: "group".into(),
+            r#type: pb::attribute_proto::AttributeType::Int as i32,
+            i: g.group as i64,
+            ..Default::default()
+        };
+        let dims = [
+            V::DimParam("N".into()),
+            V::DimValue(g.c as i64),
+            V::DimValue(g.image[0] as i64),
+            V::DimValue(g.image[1] as i64),
+        ];
+        let w_shape = [g.m, g.c / g.group, kh, kw].map(|d| d as i64);
+        let proto = graph_model(pb::GraphProto {
+            node: vec![pb::NodeProto {
+                op_type: "ConvInteger".into(),
+                input: vec!["x".into(), "w".into(), "x_zero_point".into()],
+                output: vec!["y".into()],
+                attribute: vec![
+                    attribute("kernel_shape", &g.kernel),
+                    attribute("strides", &g.strides),
+                    attribute("dilations", &g.dilations),
+                    attribute("pads", &g.pads),
+                    group,
+                ],
+                ..Default::default()
+            }],
+            initializer: vec![
+                initializer("w", D::Int8, &w_shape, &weights),
+                initializer("x_zero_point", D::Uint8, &[], &[7]),
+            ],
+            input: vec![value_with("x", D::Uint8, &dims)],
+            output: untyped(&["y"]),
+            ..Default::default()
+        });
+        optimized(&proto)
+    }
+
+    /// Whether the integer convolution's `Im2col` is swapped; if it is, the
+    /// convolution's outputs must be tract's, bit for bit (every slot holds
+    /// a different value, so one in the wrong slot, or padding that is not
+    /// the zero point, or a nonzero unused lane, changes them).
+    fn same_integer(g: Geometry, batch: usize, seed: u64) -> bool {
+        let tracts = conv_integer_model(g);
+        let mut ours = tracts.clone();
+        let swapped = swap_in(&mut ours).unwrap();
+        let im2col = tracts.nodes().iter().any(|n| n.op_is::<Im2Col>());
+        assert_eq!(swapped, usize::from(im2col), "{g:?}");
+        if !im2col {
+            return false;
+        }
+        let shape = [batch, g.c, g.image[0], g.image[1]];
+        let xs: Vec<u8> = values(shape.iter().product(), seed)
+            .iter()
+            .map(|v| ((v + 7.5) * 16.0) as u8)
+            .collect();
+        let x = Tensor::from_shape(&shape, &xs).unwrap();
+        let run = |model: TypedModel| {
+            let plan = model.into_runnable().unwrap();
+            plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0)
+        };
+        assert_eq!(run(ours).as_bytes(), run(tracts).as_bytes(), "{g:?}");
+        true
+    }
+
+    #[test]
+    fn an_integer_convolution_is_swapped_with_tracts_outputs() {
+        for (batch, seed) in [(1, 1), (5, 2), (0, 3)] {
+            assert!(same_integer(DIGITS, batch, seed));
+        }
+        let strided = Geometry {
+            c: 4,
+            m: 6,
+            group: 2,
+            kernel: [3, 2],
+            strides: [2, 3],
+            dilations: [2, 1],
+            pads: [0, 2, 1, 0],
+            image: [9, 11],
+        };
+        assert!(same_integer(strided, 3, 4));
+    }
+
     const DIGITS: Geometry = Geometry {
         c: 1,
         m: 16,
@@ -441,6 +674,7 @@ mod tests {
             };
             prop_assume!(fits(0) && fits(1));
             prop_assert!(same(g, batch, seed));
+            same_integer(g, batch, seed);
         }
     }
 }
