@@ -388,14 +388,15 @@ mod tests {
             .collect()
     }
 
-    /// x [batch, c, h, w] → Conv (weights and bias constant) → y, `batch`
-    /// named or fixed; optimised.
-    fn conv_model(g: Geometry, batch: Option<i64>) -> TypedModel {
+    /// `op_type` over `inputs` with `g`'s attributes, and the dims of an
+    /// input `x` of `g`'s shape, the batch `N` or `batch`.
+    fn conv_node(
+        g: Geometry,
+        op_type: &str,
+        inputs: &[&str],
+        batch: Option<i64>,
+    ) -> (pb::NodeProto, [pb::tensor_shape_proto::dimension::Value; 4]) {
         use pb::tensor_shape_proto::dimension::Value as V;
-        let [kh, kw] = g.kernel;
-        let weights = values(g.m * g.c / g.group * kh * kw, 3);
-        let bias = values(g.m, 5);
-        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let attribute =
             |name: &str, v: &[usize]| ints(name, &v.iter().map(|&x| x as i64).collect::<Vec<_>>());
         let group = pb::AttributeProto {
@@ -404,29 +405,43 @@ mod tests {
             i: g.group as i64,
             ..Default::default()
         };
+        let node = pb::NodeProto {
+            op_type: op_type.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec!["y".into()],
+            attribute: vec![
+                attribute("kernel_shape", &g.kernel),
+                attribute("strides", &g.strides),
+                attribute("dilations", &g.dilations),
+                attribute("pads", &g.pads),
+                group,
+            ],
+            ..Default::default()
+        };
         let dims = [
             batch.map_or(V::DimParam("N".into()), V::DimValue),
             V::DimValue(g.c as i64),
             V::DimValue(g.image[0] as i64),
             V::DimValue(g.image[1] as i64),
         ];
-        let w_shape = [g.m, g.c / g.group, kh, kw].map(|d| d as i64);
+        (node, dims)
+    }
+
+    fn weight_shape(g: Geometry) -> [i64; 4] {
+        [g.m, g.c / g.group, g.kernel[0], g.kernel[1]].map(|d| d as i64)
+    }
+
+    /// x [batch, c, h, w] → Conv (weights and bias constant) → y, `batch`
+    /// named or fixed; optimised.
+    fn conv_model(g: Geometry, batch: Option<i64>) -> TypedModel {
+        let weights = values(g.m * g.c / g.group * g.kernel[0] * g.kernel[1], 3);
+        let bias = values(g.m, 5);
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (node, dims) = conv_node(g, "Conv", &["x", "w", "b"], batch);
         let proto = graph_model(pb::GraphProto {
-            node: vec![pb::NodeProto {
-                op_type: "Conv".into(),
-                input: vec!["x".into(), "w".into(), "b".into()],
-                output: vec!["y".into()],
-                attribute: vec![
-                    attribute("kernel_shape", &g.kernel),
-                    attribute("strides", &g.strides),
-                    attribute("dilations", &g.dilations),
-                    attribute("pads", &g.pads),
-                    group,
-                ],
-                ..Default::default()
-            }],
+            node: vec![node],
             initializer: vec![
-                initializer("w", D::Float, &w_shape, &bytes(&weights)),
+                initializer("w", D::Float, &weight_shape(g), &bytes(&weights)),
                 initializer("b", D::Float, &[g.m as i64], &bytes(&bias)),
             ],
             input: vec![value_with("x", D::Float, &dims)],
@@ -495,43 +510,15 @@ mod tests {
     /// x u8 [batch, c, h, w] → ConvInteger (int8 weights, input zero point
     /// 7, so the padding is 7, not 0) → y i32, the batch named; optimised.
     fn conv_integer_model(g: Geometry) -> TypedModel {
-        use pb::tensor_shape_proto::dimension::Value as V;
-        let [kh, kw] = g.kernel;
-        let n = g.m * g.c / g.group * kh * kw;
+        let n = g.m * g.c / g.group * g.kernel[0] * g.kernel[1];
         let weights: Vec<u8> = (0..n)
             .map(|i| ((i * 37 % 255) as i16 - 127) as i8 as u8)
             .collect();
-        let attribute =
-            |name: &str, v: &[usize]| ints(name, &v.iter().map(|&x| x as i64).collect::<Vec<_>>());
-        let group = pb::AttributeProto {
-            name: "group".into(),
-            r#type: pb::attribute_proto::AttributeType::Int as i32,
-            i: g.group as i64,
-            ..Default::default()
-        };
-        let dims = [
-            V::DimParam("N".into()),
-            V::DimValue(g.c as i64),
-            V::DimValue(g.image[0] as i64),
-            V::DimValue(g.image[1] as i64),
-        ];
-        let w_shape = [g.m, g.c / g.group, kh, kw].map(|d| d as i64);
+        let (node, dims) = conv_node(g, "ConvInteger", &["x", "w", "x_zero_point"], None);
         let proto = graph_model(pb::GraphProto {
-            node: vec![pb::NodeProto {
-                op_type: "ConvInteger".into(),
-                input: vec!["x".into(), "w".into(), "x_zero_point".into()],
-                output: vec!["y".into()],
-                attribute: vec![
-                    attribute("kernel_shape", &g.kernel),
-                    attribute("strides", &g.strides),
-                    attribute("dilations", &g.dilations),
-                    attribute("pads", &g.pads),
-                    group,
-                ],
-                ..Default::default()
-            }],
+            node: vec![node],
             initializer: vec![
-                initializer("w", D::Int8, &w_shape, &weights),
+                initializer("w", D::Int8, &weight_shape(g), &weights),
                 initializer("x_zero_point", D::Uint8, &[], &[7]),
             ],
             input: vec![value_with("x", D::Uint8, &dims)],
