@@ -499,11 +499,7 @@ mod tests {
                 .remove(0)
         };
         same_packing(&pack(fast), &pack(im2col));
-        let run = |model: TypedModel| {
-            let plan = model.into_runnable().unwrap();
-            plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0)
-        };
-        assert_eq!(run(ours).as_bytes(), run(tracts).as_bytes(), "{g:?}");
+        assert_same_outputs(ours, tracts, &x, g);
         true
     }
 
@@ -547,11 +543,7 @@ mod tests {
             .map(|v| ((v + 7.5) * 16.0) as u8)
             .collect();
         let x = Tensor::from_shape(&shape, &xs).unwrap();
-        let run = |model: TypedModel| {
-            let plan = model.into_runnable().unwrap();
-            plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0)
-        };
-        assert_eq!(run(ours).as_bytes(), run(tracts).as_bytes(), "{g:?}");
+        assert_same_outputs(ours, tracts, &x, g);
         true
     }
 
@@ -560,18 +552,29 @@ mod tests {
         for (batch, seed) in [(1, 1), (5, 2), (0, 3)] {
             assert!(same_integer(DIGITS, batch, seed));
         }
-        let strided = Geometry {
-            c: 4,
-            m: 6,
-            group: 2,
-            kernel: [3, 2],
-            strides: [2, 3],
-            dilations: [2, 1],
-            pads: [0, 2, 1, 0],
-            image: [9, 11],
-        };
-        assert!(same_integer(strided, 3, 4));
+        assert!(same_integer(STRIDED, 3, 4));
     }
+
+    /// Runs `ours` and `tracts` on `x`: their outputs must be the same bytes.
+    fn assert_same_outputs(ours: TypedModel, tracts: TypedModel, x: &Tensor, g: Geometry) {
+        let run = |model: TypedModel| {
+            let plan = model.into_runnable().unwrap();
+            plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0)
+        };
+        assert_eq!(run(ours).as_bytes(), run(tracts).as_bytes(), "{g:?}");
+    }
+
+    /// Groups, an uneven kernel, strides, dilation and uneven padding.
+    const STRIDED: Geometry = Geometry {
+        c: 4,
+        m: 6,
+        group: 2,
+        kernel: [3, 2],
+        strides: [2, 3],
+        dilations: [2, 1],
+        pads: [0, 2, 1, 0],
+        image: [9, 11],
+    };
 
     const DIGITS: Geometry = Geometry {
         c: 1,
@@ -589,17 +592,7 @@ mod tests {
         for (batch, seed) in [(1, 1), (5, 2), (0, 3)] {
             assert!(same(DIGITS, batch, seed));
         }
-        let strided = Geometry {
-            c: 4,
-            m: 6,
-            group: 2,
-            kernel: [3, 2],
-            strides: [2, 3],
-            dilations: [2, 1],
-            pads: [0, 2, 1, 0],
-            image: [9, 11],
-        };
-        assert!(same(strided, 3, 4));
+        assert!(same(STRIDED, 3, 4));
     }
 
     #[test]
@@ -620,14 +613,7 @@ mod tests {
         assert_eq!(swap_in(&mut fixed).unwrap(), 1);
         assert!(op_names(&fixed).contains(&"FastIm2col".to_string()));
         let x = input(DIGITS, 4, 9);
-        let run = |model: TypedModel| {
-            let plan = model.into_runnable().unwrap();
-            plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0)
-        };
-        assert_eq!(
-            run(fixed).as_bytes(),
-            run(conv_model(DIGITS, Some(4))).as_bytes()
-        );
+        assert_same_outputs(fixed, conv_model(DIGITS, Some(4)), &x, DIGITS);
     }
 
     proptest! {
