@@ -82,6 +82,7 @@ pub fn start(config: Config, store: Store) -> Result<(Arc<AppState>, AuditWriter
     };
     tracing::info!(
         int8_kernels = inference::Int8Kernels::native().name(),
+        vector_loops = inference::vector_level(),
         "int8 matrix products on this CPU: {}",
         inference::Int8Kernels::native()
     );

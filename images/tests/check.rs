@@ -32,6 +32,11 @@ fn a_servable_model_prints_its_signature_and_runs() {
         "{stdout}"
     );
     assert!(stdout.contains("logits [1, 10]"), "{stdout}");
+    let level = format!(
+        "element-wise passes on this CPU: {}\n",
+        inference::vector_level()
+    );
+    assert!(stdout.contains(&level), "{stdout}");
 }
 
 #[test]
@@ -73,10 +78,14 @@ fn a_missing_file_says_which() {
 
 /// `model-image profile` of a reference model: its report, having succeeded.
 fn profile(model: &str, batch: &str, runs: &str) -> String {
+    profile_with(model, &["--batch", batch, "--runs", runs])
+}
+
+fn profile_with(model: &str, args: &[&str]) -> String {
     let model = models_dir().join(model);
     let out = Command::new(env!("CARGO_BIN_EXE_model-image"))
-        .args(["profile", model.to_str().unwrap(), "--batch", batch])
-        .args(["--runs", runs])
+        .args(["profile", model.to_str().unwrap()])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -101,6 +110,32 @@ fn profile_names_where_the_time_goes() {
     assert!(
         (shares - 100.0).abs() < 1.0,
         "shares add up to {shares}: {stdout}"
+    );
+}
+
+#[test]
+fn profile_by_node_names_each_node_once_with_its_details() {
+    let stdout = profile_with("digits_mlp_qdq.onnx", &["--runs", "2", "--nodes"]);
+    // `   ms  share%  #id name: Op [details]`: one row per node.
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("%  #")).collect();
+    assert!(rows.len() > 3, "{stdout}");
+    let mut ids = std::collections::HashSet::new();
+    let mut shares = 0.0;
+    for row in &rows {
+        let (times, node) = row.split_once("%  #").unwrap();
+        shares += times.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+        let id = node.split(' ').next().unwrap();
+        assert!(ids.insert(id.to_owned()), "node {id} twice: {stdout}");
+    }
+    assert!(
+        (shares - 100.0).abs() < 1.0,
+        "shares add up to {shares}: {stdout}"
+    );
+    // Matrix products name the kernel tract chose.
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("OptMatMul") && r.contains("mmm")),
+        "{stdout}"
     );
 }
 

@@ -106,12 +106,16 @@ impl FastBroadcast {
             let small = small_ram.as_slice::<f32>()?;
             let mut c_ram = c.try_as_plain_ram_mut()?;
             let out = c_ram.as_slice_mut::<f32>()?;
-            match self.kind {
-                Kind::Add => layout.apply(out, small, |x, y| x + y),
-                Kind::Sub => layout.apply(out, small, |x, y| x - y),
-                Kind::Mul => layout.apply(out, small, |x, y| x * y),
-                Kind::Div => layout.apply(out, small, |x, y| x / y),
-            }
+            let kind = self.kind;
+            crate::simd::vectorize(
+                #[inline(always)]
+                move || match kind {
+                    Kind::Add => layout.apply(out, small, |x, y| x + y),
+                    Kind::Sub => layout.apply(out, small, |x, y| x - y),
+                    Kind::Mul => layout.apply(out, small, |x, y| x * y),
+                    Kind::Div => layout.apply(out, small, |x, y| x / y),
+                },
+            );
         }
         Ok(Some(c))
     }
@@ -176,6 +180,7 @@ impl Layout {
 
     /// `full = a op b` over the layout, where `full` holds the operand of
     /// the output's shape on entry.
+    #[inline(always)]
     fn apply(&self, full: &mut [f32], small: &[f32], op: impl Fn(f32, f32) -> f32 + Copy) {
         if self.small_first {
             self.run(full, small, move |x, s| op(s, x));
@@ -185,6 +190,7 @@ impl Layout {
     }
 
     /// `full = f(full, small)` element by element, `small` broadcast.
+    #[inline(always)]
     fn run(&self, full: &mut [f32], small: &[f32], f: impl Fn(f32, f32) -> f32) {
         if self.inner == 1 {
             // Rows of `mid` elements against the small operand's `mid`.

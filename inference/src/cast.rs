@@ -104,6 +104,7 @@ impl EvalOp for CastThroughI32 {
 /// integers already and saturate at ±2^31 (`i32::MAX as f32` is 2^31), NaN
 /// is 0, and a zero result is +0, as the integer's is. Checked equal to the
 /// cast for all 2^32 inputs once; the tests sweep a sample of them.
+#[inline(always)]
 fn through_i32(x: f32) -> f32 {
     const TWO_23: f32 = 8_388_608.0;
     const TWO_31: f32 = 2_147_483_648.0;

@@ -82,8 +82,17 @@ impl TypedOp for NaturalAxisOp {
 /// `f` of every element of an f32 input, written over it.
 pub(crate) fn map_in_place(value: TValue, f: impl Fn(f32) -> f32) -> TractResult<TValue> {
     let mut tensor = take_for_writing(value)?;
-    for x in tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()? {
-        *x = f(*x);
+    {
+        let mut ram = tensor.try_as_plain_ram_mut()?;
+        let xs = ram.as_slice_mut::<f32>()?;
+        crate::simd::vectorize(
+            #[inline(always)]
+            move || {
+                for x in xs {
+                    *x = f(*x);
+                }
+            },
+        );
     }
     Ok(tensor.into_tvalue())
 }

@@ -25,14 +25,16 @@ mod pool;
 mod quantize;
 mod registry;
 mod rewrite;
+mod simd;
 mod tensor;
 mod text;
 
 pub use cpu::Int8Kernels;
 pub use datatype::DataType;
 pub use error::{Error, Result};
-pub use model::{Dim, Limits, Model, ModelSource, OpTime, Prepared, TensorSpec};
+pub use model::{Dim, Limits, Model, ModelSource, OpTime, Prepared, ProfileBy, TensorSpec};
 pub use pool::Pool;
 pub use registry::{Readiness, Registry};
+pub use simd::vector_level;
 pub use tensor::{InputTensor, OutputTensor};
 pub use text::TEXT_INPUT;

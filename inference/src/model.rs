@@ -339,9 +339,16 @@ impl Model {
     }
 
     /// Runs prepared inputs `runs` times with every node timed; returns the
-    /// time spent per operator type, largest first, with node counts. For
-    /// finding where an engine's time goes, not for serving.
-    pub fn profile(&self, inputs: &[InputTensor<'_>], runs: usize) -> Result<Vec<OpTime>> {
+    /// time spent per operator type (or per node, with tract's details of
+    /// the op, such as the matrix kernel it picked), largest first, with
+    /// node counts. For finding where an engine's time goes, not for
+    /// serving.
+    pub fn profile(
+        &self,
+        inputs: &[InputTensor<'_>],
+        runs: usize,
+        by: ProfileBy,
+    ) -> Result<Vec<OpTime>> {
         let mut by_op: std::collections::HashMap<String, OpTime> = Default::default();
         for run in 0..runs.max(1) {
             let mut prepared = self.prepare(inputs)?;
@@ -351,13 +358,18 @@ impl Model {
                 .run_plan_with_eval(values, |ctx, op_state, node, input| {
                     let started = std::time::Instant::now();
                     let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
-                    let entry = by_op
-                        .entry(node.op.name().to_string())
-                        .or_insert_with(|| OpTime {
-                            op: node.op.name().to_string(),
-                            time: std::time::Duration::ZERO,
-                            nodes: 0,
-                        });
+                    let key = match by {
+                        ProfileBy::Operator => node.op.name().to_string(),
+                        ProfileBy::Node => format!("#{} {}", node.id, node.name),
+                    };
+                    let entry = by_op.entry(key).or_insert_with(|| OpTime {
+                        op: match by {
+                            ProfileBy::Operator => node.op.name().to_string(),
+                            ProfileBy::Node => node_summary(node),
+                        },
+                        time: std::time::Duration::ZERO,
+                        nodes: 0,
+                    });
                     entry.time += started.elapsed();
                     if run == 0 {
                         entry.nodes += 1;
@@ -389,6 +401,18 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// `#id name: Op [details]`, tract's details shortened to one line.
+fn node_summary(node: &TypedNode) -> String {
+    let info = node.op.info().unwrap_or_default().join("; ");
+    let mut line = format!("#{} {}: {}", node.id, node.name, node.op.name());
+    if !info.is_empty() {
+        line.push_str(" [");
+        line.push_str(&info);
+        line.push(']');
+    }
+    line
 }
 
 fn input_bytes(inputs: &[InputTensor<'_>]) -> u64 {
@@ -441,12 +465,22 @@ impl CostModel {
 /// Time spent in one operator type during [`Model::profile`].
 #[derive(Debug, Clone)]
 pub struct OpTime {
-    /// tract's operator name, e.g. `DynamicQuantizeLinearU8`.
+    /// tract's operator name, e.g. `DynamicQuantizeLinearU8`; by node, the
+    /// node's id, name, operator and details.
     pub op: String,
     /// Total time over all runs.
     pub time: std::time::Duration,
     /// Nodes of this operator in the plan.
     pub nodes: usize,
+}
+
+/// How [`Model::profile`] groups its times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileBy {
+    /// One row per operator type.
+    Operator,
+    /// One row per node.
+    Node,
 }
 
 /// Inputs that passed every check, converted for the engine.

@@ -54,20 +54,28 @@ impl EvalOp for FastDynamicQuantize {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = inputs[0].cast_to::<f32>()?;
         let xs = input.try_as_plain_ram()?.as_slice::<f32>()?;
-        let (scale, zero_point) = scale_and_zero_point(xs);
         let mut quantized = Tensor::zero::<u8>(input.shape())?;
-        quantize(
-            xs,
-            scale,
-            zero_point,
-            quantized.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?,
-        );
+        let (scale, zero_point) =
+            dynamic_quantize(xs, quantized.try_as_plain_ram_mut()?.as_slice_mut::<u8>()?);
         Ok(tvec!(
             quantized.into_tvalue(),
             tensor0(scale).into_tvalue(),
             tensor0(zero_point).into_tvalue()
         ))
     }
+}
+
+/// `DynamicQuantizeLinear` of `xs` into `ys`: returns the scale and zero
+/// point. On this CPU's widest vector instructions.
+fn dynamic_quantize(xs: &[f32], ys: &mut [u8]) -> (f32, u8) {
+    crate::simd::vectorize(
+        #[inline(always)]
+        move || {
+            let (scale, zero_point) = scale_and_zero_point(xs);
+            quantize(xs, scale, zero_point, ys);
+            (scale, zero_point)
+        },
+    )
 }
 
 impl TypedOp for FastDynamicQuantize {
@@ -84,6 +92,7 @@ const LANES: usize = 8;
 
 /// The range of `xs` widened to include 0 (NaN ignored), then the scale and
 /// zero point exactly as tract computes them.
+#[inline(always)]
 fn scale_and_zero_point(xs: &[f32]) -> (f32, u8) {
     // Lane-wise folds with the same strict comparisons as a sequential
     // fold: min and max over a set that starts at 0 and never takes a NaN
@@ -122,6 +131,7 @@ const ROUND: f32 = 12_582_912.0;
 /// An integer-valued level in -128..=255 as its low byte (reinterpret as
 /// `i8` for a signed grid). Rust's saturating `as u8` from f32 does not
 /// vectorise (half the quantiser's time); this is an add and a bit cast.
+#[inline(always)]
 fn level_byte(level: f32) -> u8 {
     (level + ROUND).to_bits() as u8
 }
@@ -130,7 +140,7 @@ fn level_byte(level: f32) -> u8 {
 /// NaN to the zero point, as an integer-valued f32: what tract computes
 /// through an i32 (but for |v| ≥ 2^31, where tract's addition overflows and
 /// this saturates).
-#[inline]
+#[inline(always)]
 fn to_level(v: f32, zp: f32, lo: f32, hi: f32) -> f32 {
     // Adding and subtracting 1.5·2^23 rounds any |v| ≤ 2^22 to an integer,
     // ties to even (the FPU's default mode); clamping to ±512 first keeps v
@@ -149,6 +159,7 @@ fn to_level(v: f32, zp: f32, lo: f32, hi: f32) -> f32 {
 /// degenerate case differs: when every |x| is below about 1e-43 the scale
 /// underflows to 0, x / scale is infinite, and tract's i32 addition
 /// overflows; this saturates, as ONNX defines.)
+#[inline(always)]
 fn quantize(xs: &[f32], scale: f32, zero_point: u8, ys: &mut [u8]) {
     let zp = zero_point as f32;
     let one = |x: f32| -> u8 { level_byte(to_level(x / scale, zp, 0.0, 255.0)) };
@@ -312,6 +323,7 @@ impl FastQuantize {
     fn level(&self) -> impl Fn(f32) -> f32 {
         let (lo, hi) = self.range();
         let (zp, multiplier) = (self.zero_point as f32, self.multiplier);
+        #[inline(always)]
         move |x: f32| to_level(x * multiplier, zp, lo as f32, hi as f32)
     }
 
@@ -319,7 +331,10 @@ impl FastQuantize {
     fn to_grid(&self) -> Option<impl Fn(f32) -> f32> {
         let (scale, zero_point) = self.dequantize?;
         let (level, zp) = (self.level(), zero_point as f32);
-        Some(move |x| (level(x) - zp) * scale)
+        Some(
+            #[inline(always)]
+            move |x| (level(x) - zp) * scale,
+        )
     }
 
     /// For a fused pair: every value [`Self::to_grid`] can give, computed
@@ -333,6 +348,7 @@ impl FastQuantize {
 }
 
 /// A tensor of `shape` whose elements are `f` of `xs`'.
+#[inline(always)]
 fn map_f32<T: Datum + tract_num_traits::Zero>(
     shape: &[usize],
     xs: &[f32],
@@ -366,23 +382,33 @@ impl EvalOp for FastQuantize {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        Ok(tvec!(self.apply(inputs.remove(0))?))
+    }
+}
+
+impl FastQuantize {
+    /// The op on its f32 input.
+    fn apply(&self, input: TValue) -> TractResult<TValue> {
         if let Some(to_grid) = self.to_grid() {
             // f32 to f32: written over the input, which saves a buffer.
-            return Ok(tvec!(crate::inplace::map_in_place(
-                inputs.remove(0),
-                to_grid
-            )?));
+            return crate::inplace::map_in_place(input, to_grid);
         }
         let level = self.level();
-        let input = inputs[0].try_as_plain_ram()?;
-        let xs = input.as_slice::<f32>()?;
-        let shape = inputs[0].shape();
-        let output = if self.unsigned {
-            map_f32(shape, xs, |x| level_byte(level(x)))?
-        } else {
-            map_f32(shape, xs, |x| level_byte(level(x)) as i8)?
-        };
-        Ok(tvec!(output.into_tvalue()))
+        let unsigned = self.unsigned;
+        let xs = input.try_as_plain_ram()?;
+        let xs = xs.as_slice::<f32>()?;
+        let shape = input.shape();
+        let output = crate::simd::vectorize(
+            #[inline(always)]
+            move || {
+                if unsigned {
+                    map_f32(shape, xs, |x| level_byte(level(x)))
+                } else {
+                    map_f32(shape, xs, |x| level_byte(level(x)) as i8)
+                }
+            },
+        )?;
+        Ok(output.into_tvalue())
     }
 }
 
@@ -426,19 +452,28 @@ mod tests {
         (ys, scale, zp)
     }
 
-    fn fast(xs: &[f32]) -> (Vec<u8>, f32, u8) {
-        let (scale, zp) = scale_and_zero_point(xs);
+    /// The op's pass: on this CPU's widest vector instructions, or on the
+    /// baseline ones the crate is built for.
+    fn fast(xs: &[f32], widest: bool) -> (Vec<u8>, f32, u8) {
         let mut ys = vec![0; xs.len()];
-        quantize(xs, scale, zp, &mut ys);
+        let (scale, zp) = if widest {
+            dynamic_quantize(xs, &mut ys)
+        } else {
+            let (scale, zp) = scale_and_zero_point(xs);
+            quantize(xs, scale, zp, &mut ys);
+            (scale, zp)
+        };
         (ys, scale, zp)
     }
 
     fn same(xs: &[f32]) {
-        let (ys, scale, zp) = fast(xs);
         let (want_ys, want_scale, want_zp) = reference(xs);
-        assert_eq!(scale.to_bits(), want_scale.to_bits(), "scale for {xs:?}");
-        assert_eq!(zp, want_zp, "zero point for {xs:?}");
-        assert_eq!(ys, want_ys, "values for {xs:?}");
+        for widest in [true, false] {
+            let (ys, scale, zp) = fast(xs, widest);
+            assert_eq!(scale.to_bits(), want_scale.to_bits(), "scale for {xs:?}");
+            assert_eq!(zp, want_zp, "zero point for {xs:?}");
+            assert_eq!(ys, want_ys, "values for {xs:?}");
+        }
     }
 
     #[test]
@@ -519,9 +554,19 @@ mod tests {
                 dequantize: None,
             };
             let level = fast.level();
-            for x in xs {
-                prop_assert_eq!(level(x) as i32, tract_level(&fast, x), "x = {}", x);
+            let want: Vec<i32> = xs.iter().map(|&x| tract_level(&fast, x)).collect();
+            for (&x, &want) in xs.iter().zip(&want) {
+                prop_assert_eq!(level(x) as i32, want, "x = {}", x);
             }
+            // The op's pass over the whole tensor, vectorised with a tail.
+            let out = fast.apply(tensor1(&xs).into_tvalue()).unwrap();
+            let out = out.try_as_plain_ram().unwrap();
+            let got: Vec<i32> = if unsigned {
+                out.as_slice::<u8>().unwrap().iter().map(|&b| i32::from(b)).collect()
+            } else {
+                out.as_slice::<i8>().unwrap().iter().map(|&b| i32::from(b)).collect()
+            };
+            prop_assert_eq!(got, want);
         }
     }
 

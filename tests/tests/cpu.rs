@@ -26,6 +26,14 @@ fn an_int8_model_on_a_cpu_without_int8_instructions_says_so() {
         log.contains("int8 matrix products on this CPU: plain kernels"),
         "{log}"
     );
+    // And which vector instructions our element-wise passes run on.
+    assert!(
+        ["avx512", "avx2", "baseline"]
+            .iter()
+            .any(|level| log.contains(&format!("vector_loops=\"{level}\""))
+                || log.contains(&format!("vector_loops={level}"))),
+        "{log}"
+    );
     assert!(
         log.contains("integer matrix products run as float products") && log.contains("products=3"),
         "{log}"

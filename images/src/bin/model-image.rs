@@ -18,7 +18,7 @@ use images::manifest::{
 use images::tuf::repo::{KeyDir, Lifetime, Lifetimes, Repo, RepoVersions};
 use images::vectors::VendorInputs;
 use indicatif::{ProgressBar, ProgressStyle};
-use inference::{DataType, Dim, InputTensor, Int8Kernels, Limits, Model, ModelSource};
+use inference::{DataType, Dim, InputTensor, Int8Kernels, Limits, Model, ModelSource, ProfileBy};
 
 const REPO_HELP: &str = "\
 Repository layout (what appliances, python-tuf and tough read):
@@ -112,6 +112,10 @@ enum Command {
         /// Timed runs.
         #[arg(long, default_value_t = 20)]
         runs: usize,
+        /// One row per node (with tract's details of the op, such as the
+        /// matrix kernel it picked), not per operator type.
+        #[arg(long)]
+        nodes: bool,
     },
 }
 
@@ -292,7 +296,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             tokens,
             runs,
-        } => profile(&model, tokenizer.as_deref(), batch, tokens, runs),
+            nodes,
+        } => {
+            let by = if nodes {
+                ProfileBy::Node
+            } else {
+                ProfileBy::Operator
+            };
+            profile(&model, tokenizer.as_deref(), batch, tokens, runs, by)
+        }
     }
 }
 
@@ -537,6 +549,10 @@ fn check(path: &Path, tokenizer: Option<&Path>) -> anyhow::Result<()> {
         started.elapsed()
     );
     print_int8(&model);
+    println!(
+        "  element-wise passes on this CPU: {}",
+        inference::vector_level()
+    );
     for spec in model.inputs() {
         println!(
             "  input  {:<16} {:<6} {:?}",
@@ -574,6 +590,7 @@ fn profile(
     batch: i64,
     tokens: i64,
     runs: usize,
+    by: ProfileBy,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         batch >= 1 && tokens >= 1,
@@ -582,14 +599,28 @@ fn profile(
     let model = load(path, tokenizer)?;
     let (shapes, buffers) = synthetic(&model, batch, tokens, Fill::Ones);
     let inputs = tensors(&model, &shapes, &buffers);
-    model.profile(&inputs, 1).context("warm-up run")?;
-    let times = model.profile(&inputs, runs).context("profiled runs")?;
+    model.profile(&inputs, 1, by).context("warm-up run")?;
+    let times = model.profile(&inputs, runs, by).context("profiled runs")?;
     let total: f64 = times.iter().map(|t| t.time.as_secs_f64()).sum();
     println!(
         "{}: batch {batch}, {tokens} tokens, {runs} runs, {:.3} ms per run in nodes",
         path.display(),
         total * 1e3 / runs as f64
     );
+    if by == ProfileBy::Node {
+        // Node descriptions are long (tract's details of the op): times first.
+        println!("{:>12} {:>7}  node", "µs per run", "share");
+        for t in &times {
+            let seconds = t.time.as_secs_f64();
+            println!(
+                "{:>12.1} {:>6.1}%  {}",
+                seconds * 1e6 / runs as f64,
+                100.0 * seconds / total,
+                t.op
+            );
+        }
+        return Ok(());
+    }
     println!(
         "{:<36} {:>6} {:>12} {:>7}",
         "operator", "nodes", "ms per run", "share"
