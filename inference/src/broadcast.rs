@@ -128,15 +128,15 @@ crate::fallback::with_fallback!(FastBroadcast);
 /// axes: the output is `outer × mid × inner` elements (`outer` the axes
 /// before the block, `inner` those after) and `small` holds `mid` of them.
 #[derive(Debug, PartialEq, Eq)]
-struct Layout {
+pub(crate) struct Layout {
     /// Whether `a` is the small operand.
-    small_first: bool,
+    pub(crate) small_first: bool,
     mid: usize,
     inner: usize,
 }
 
 impl Layout {
-    fn of(a: &[usize], b: &[usize]) -> Option<Layout> {
+    pub(crate) fn of(a: &[usize], b: &[usize]) -> Option<Layout> {
         if a.len() != b.len() {
             return None;
         }
@@ -191,7 +191,7 @@ impl Layout {
 
     /// `full = f(full, small)` element by element, `small` broadcast.
     #[inline(always)]
-    fn run(&self, full: &mut [f32], small: &[f32], f: impl Fn(f32, f32) -> f32) {
+    pub(crate) fn run(&self, full: &mut [f32], small: &[f32], f: impl Fn(f32, f32) -> f32) {
         if self.inner == 1 {
             // Rows of `mid` elements against the small operand's `mid`.
             for row in full.chunks_exact_mut(self.mid) {
@@ -327,14 +327,10 @@ mod tests {
         let mut swapped = optimized.clone();
         assert_eq!(swap_in(&mut swapped).unwrap(), 1);
         let x = tensor(&[3, 4, 5, 5], 3);
-        let run = |m: TypedModel| {
-            m.into_runnable()
-                .unwrap()
-                .run(tvec!(x.clone().into_tvalue()))
-                .unwrap()
-                .remove(0)
-        };
-        assert_eq!(run(optimized).as_bytes(), run(swapped).as_bytes());
+        assert_eq!(
+            crate::rewrite::tests::run_on(optimized, &x).as_bytes(),
+            crate::rewrite::tests::run_on(swapped, &x).as_bytes()
+        );
     }
 
     proptest! {

@@ -121,14 +121,7 @@ mod tests {
         let y = model.wire_node("add_axis", AxisOp::Add(0), &[x]).unwrap();
         model.select_output_outlets(&y).unwrap();
         let x = Tensor::from_shape(&[2, 3], &[1f32, 2., 3., 4., 5., 6.]).unwrap();
-        let run = |model: TypedModel| {
-            model
-                .into_runnable()
-                .unwrap()
-                .run(tvec!(x.clone().into_tvalue()))
-                .unwrap()
-                .remove(0)
-        };
+        let run = |model: TypedModel| crate::rewrite::tests::run_on(model, &x);
         // tract's own op: the inserted axis takes its neighbour's stride.
         assert_eq!(run(model.clone()).strides(), &[3, 3, 1]);
         assert_eq!(swap_in(&mut model).unwrap(), 1);

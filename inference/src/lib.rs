@@ -13,6 +13,7 @@
 
 mod broadcast;
 mod cast;
+mod chain;
 mod cpu;
 mod datatype;
 mod error;

@@ -715,6 +715,17 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// `model` run on one input: its first output.
+    pub(crate) fn run_on(model: TypedModel, x: &Tensor) -> Tensor {
+        model
+            .into_runnable()
+            .unwrap()
+            .run(tvec!(x.clone().into_tvalue()))
+            .unwrap()
+            .remove(0)
+            .into_tensor()
+    }
+
     /// A model around `graph` (named "g"), at the opset the tests use.
     pub(crate) fn graph_model(graph: pb::GraphProto) -> pb::ModelProto {
         pb::ModelProto {
