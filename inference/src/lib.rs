@@ -27,6 +27,7 @@ mod quantize;
 mod registry;
 mod rewrite;
 mod simd;
+mod softmax;
 mod tensor;
 mod text;
 

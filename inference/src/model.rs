@@ -185,6 +185,7 @@ impl Model {
             .and_then(|mut m| {
                 crate::broadcast::swap_in(&mut m)?;
                 crate::chain::swap_in(&mut m)?;
+                crate::softmax::swap_in(&mut m)?;
                 crate::cast::swap_in(&mut m)?;
                 crate::maxpool::swap_in(&mut m)?;
                 crate::im2col::swap_in(&mut m)?;
