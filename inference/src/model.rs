@@ -115,6 +115,8 @@ pub struct Model {
     int8: bool,
     /// Integer matrix products rewritten to exact float ones at load.
     int8_as_float: usize,
+    /// Whether a large batch runs in chunks (see [`Model::run`]).
+    sequence_batches: bool,
 }
 
 impl fmt::Debug for Model {
@@ -194,6 +196,7 @@ impl Model {
             })
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
 
+        let sequence_batches = is_sequence_model(&graph_inputs, &outputs);
         let text = source
             .tokenizer_json
             .map(|json| TextFrontEnd::new(json, &graph_inputs))
@@ -213,6 +216,7 @@ impl Model {
             cost: CostModel::default(),
             int8,
             int8_as_float,
+            sequence_batches,
         })
         .inspect(|m| {
             if m.int8_as_float > 0 {
@@ -301,14 +305,21 @@ impl Model {
 
     /// Runs prepared inputs and returns the outputs named in `wanted`, in
     /// that order, or all outputs in model order when `wanted` is empty.
+    ///
+    /// A sequence model's batch of more than [`TOKENS_PER_RUN`] tokens runs
+    /// in chunks of whole sequences, and their outputs are joined: tract's
+    /// cost per sequence grows with the batch once its activations outgrow
+    /// the caches (int8 MiniLM at 128 tokens: 28 ms a sequence at batch 4,
+    /// 35–38 at 8 and more). Each sequence's result is what it would be in
+    /// a batch of its chunk (a dynamically quantized model takes each
+    /// chunk's range, not the whole batch's).
     pub fn run(&self, mut prepared: Prepared, wanted: &[&str]) -> Result<Vec<OutputTensor>> {
         let selection = self.select_outputs(wanted)?;
         let values = std::mem::take(&mut prepared.values);
-        // Our own handles on the inputs, to wipe them once the engine is done.
-        let inputs = values.clone();
-        let results = self.plan.run(values);
-        wipe_values(inputs);
-        let results = results.map_err(execution)?;
+        let results = match self.rows_per_run(&values) {
+            Some(rows) => self.run_in_chunks(values, rows)?,
+            None => self.run_plan(values)?,
+        };
         let outputs = selection
             .into_iter()
             .map(|i| {
@@ -320,6 +331,64 @@ impl Model {
             .collect();
         wipe_values(results);
         outputs
+    }
+
+    /// One run of the plan; the inputs are wiped once the engine is done.
+    fn run_plan(&self, values: TVec<TValue>) -> Result<TVec<TValue>> {
+        // Our own handles on the inputs, to wipe them once the engine is done.
+        let inputs = values.clone();
+        let results = self.plan.run(values);
+        wipe_values(inputs);
+        results.map_err(execution)
+    }
+
+    /// How many sequences a run takes, when a sequence model's batch is
+    /// larger than that.
+    fn rows_per_run(&self, values: &[TValue]) -> Option<usize> {
+        if !self.sequence_batches {
+            return None;
+        }
+        let &[batch, sequence, ..] = values.first()?.shape() else {
+            return None;
+        };
+        let rows = (TOKENS_PER_RUN / sequence.max(1)).max(1);
+        (batch > rows).then_some(rows)
+    }
+
+    /// The plan over chunks of `rows` sequences, outputs joined along the
+    /// batch axis. Every chunk's inputs and outputs are wiped.
+    fn run_in_chunks(&self, values: TVec<TValue>, rows: usize) -> Result<TVec<TValue>> {
+        let batch = values[0].shape()[0];
+        let mut chunks: Vec<TVec<TValue>> = Vec::new();
+        let mut failed = None;
+        for start in (0..batch).step_by(rows) {
+            let end = (start + rows).min(batch);
+            let inputs = values
+                .iter()
+                .map(|v| v.slice(0, start, end).map(Tensor::into_tvalue))
+                .collect::<TractResult<TVec<TValue>>>()
+                .map_err(execution);
+            match inputs.and_then(|inputs| self.run_plan(inputs)) {
+                Ok(outputs) => chunks.push(outputs),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        wipe_values(values);
+        let joined = match failed {
+            Some(e) => Err(e),
+            None => (0..self.outputs.len())
+                .map(|i| {
+                    let parts: Vec<&Tensor> = chunks.iter().map(|c| &*c[i]).collect();
+                    Tensor::stack_tensors(0, &parts).map(Tensor::into_tvalue)
+                })
+                .collect::<TractResult<TVec<TValue>>>()
+                .map_err(execution),
+        };
+        wipe_values(chunks.into_iter().flatten());
+        joined
     }
 
     /// `prepare` then `run`.
@@ -415,6 +484,41 @@ fn node_summary(node: &TypedNode) -> String {
         line.push(']');
     }
     line
+}
+
+/// Tokens a sequence model runs at once: larger batches go in chunks (see
+/// [`Model::run`]). Int8 MiniLM at 128 tokens cost 28 ms a sequence in
+/// batches of 1 to 4 and 35–38 ms in batches of 8 to 32; at 12 tokens the
+/// cost falls until batch 32 (384 tokens), which this keeps whole.
+pub(crate) const TOKENS_PER_RUN: usize = 512;
+
+/// Whether the model takes sequences: every input `[batch, sequence, ...]`
+/// of integers (token ids, masks) with both dimensions symbolic and shared,
+/// and every output's first dimension that same batch, so chunks of the
+/// batch can run apart and their outputs be joined.
+fn is_sequence_model(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> bool {
+    let Some(TensorSpec {
+        shape: first_shape, ..
+    }) = inputs.first()
+    else {
+        return false;
+    };
+    let (Some(Dim::Dynamic(batch)), Some(Dim::Dynamic(sequence))) =
+        (first_shape.first(), first_shape.get(1))
+    else {
+        return false;
+    };
+    if batch == sequence {
+        return false;
+    }
+    let integer = |t: DataType| matches!(t, DataType::I64 | DataType::I32);
+    let batched = |s: &TensorSpec| matches!(s.shape.first(), Some(Dim::Dynamic(b)) if b == batch);
+    inputs.iter().all(|s| {
+        integer(s.datatype)
+            && batched(s)
+            && matches!(s.shape.get(1), Some(Dim::Dynamic(q)) if q == sequence)
+    }) && !outputs.is_empty()
+        && outputs.iter().all(batched)
 }
 
 fn input_bytes(inputs: &[InputTensor<'_>]) -> u64 {

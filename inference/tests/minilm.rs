@@ -245,3 +245,39 @@ fn text_errors_name_the_element_and_never_echo_it() {
         .unwrap_err();
     assert!(matches!(err, Error::WrongDatatype { .. }), "{err:?}");
 }
+
+/// A batch of more tokens than one run takes (512) runs in chunks of whole
+/// sequences: each sequence comes out exactly as in a request of its chunk
+/// alone, in its place. For the int8 model, whose quantizer takes the range
+/// of everything it is given, that also shows the chunks ran apart.
+#[test]
+fn a_large_batch_runs_in_chunks_each_sequence_in_its_place() {
+    let words = ["cat", "dog", "house", "tree", "river", "music"];
+    // 102 tokens each with [CLS] and [SEP]: six are 612 tokens, run as five
+    // (510) and one.
+    let sentences: Vec<String> = words.iter().map(|w| vec![*w; 100].join(" ")).collect();
+    for file in ["minilm_dynamic.onnx", "minilm.onnx"] {
+        let model = load(file, true);
+        let embed = |batch: &[String]| -> Vec<Vec<u32>> {
+            let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let data = text_bytes(&refs);
+            let shape = [batch.len() as i64];
+            let input = InputTensor {
+                name: TEXT_INPUT,
+                datatype: "BYTES",
+                shape: &shape,
+                data: &data,
+            };
+            let out = model.infer(&[input], &[]).unwrap();
+            assert_eq!(out[0].shape(), vec![batch.len() as i64, 384]);
+            rows(out[0].as_f32().unwrap(), 384)
+                .into_iter()
+                .map(|r| r.iter().map(|v| v.to_bits()).collect())
+                .collect()
+        };
+        let all = embed(&sentences);
+        assert_eq!(all[..5], embed(&sentences[..5]), "{file}: first chunk");
+        assert_eq!(all[5..], embed(&sentences[5..]), "{file}: last chunk");
+        assert_ne!(all[0], all[5], "{file}");
+    }
+}
