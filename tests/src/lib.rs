@@ -31,12 +31,17 @@ const PASSPHRASE: &str = "end-to-end test passphrase";
 
 /// Resident memory of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("process {pid} is gone ({e}): did it crash?"));
+    status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+        .unwrap_or_else(|| {
+            // A zombie (exited, not yet reaped) has no memory lines.
+            let state = status.lines().find(|l| l.starts_with("State:"));
+            panic!("process {pid} has exited ({state:?}): did it crash?")
+        })
 }
 
 /// The JSON object on the last line a test client printed.
