@@ -232,10 +232,7 @@ mod tests {
     }
 
     fn tensor(shape: &[usize], seed: u64) -> Tensor {
-        let n = shape.iter().product::<usize>();
-        let v: Vec<f32> = (0..n)
-            .map(|i| ((i as u64 * 7919 + seed * 104_729) % 2003) as f32 * 0.013 - 13.0)
-            .collect();
+        let v = crate::rewrite::tests::values(shape.iter().product(), seed);
         Tensor::from_shape(shape, &v).unwrap()
     }
 

@@ -97,7 +97,7 @@ crate::fallback::with_fallback!(FastBinChain);
 mod tests {
     use super::*;
     use crate::rewrite::tests::{
-        graph_model, initializer, op_names, optimized, run_on, untyped, value,
+        graph_model, initializer, op_names, optimized, run_on, untyped, value, values,
     };
     use proptest::prelude::*;
     use tract_onnx::pb;
@@ -142,12 +142,6 @@ mod tests {
         swap_in(&mut swapped).unwrap();
         let names = op_names(&swapped);
         (names, run_on(tracts, x), run_on(swapped, x))
-    }
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u64 * 7919 + seed * 104_729) % 2003) as f32 * 0.013 - 13.0)
-            .collect()
     }
 
     #[test]

@@ -557,11 +557,12 @@ mod tests {
 
     /// Runs `ours` and `tracts` on `x`: their outputs must be the same bytes.
     fn assert_same_outputs(ours: TypedModel, tracts: TypedModel, x: &Tensor, g: Geometry) {
-        let run = |model: TypedModel| {
-            let plan = model.into_runnable().unwrap();
-            plan.run(tvec!(x.clone().into_tvalue())).unwrap().remove(0)
-        };
-        assert_eq!(run(ours).as_bytes(), run(tracts).as_bytes(), "{g:?}");
+        use crate::rewrite::tests::run_on;
+        assert_eq!(
+            run_on(ours, x).as_bytes(),
+            run_on(tracts, x).as_bytes(),
+            "{g:?}"
+        );
     }
 
     /// Groups, an uneven kernel, strides, dilation and uneven padding.

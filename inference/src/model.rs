@@ -429,19 +429,18 @@ impl Model {
                 .run_plan_with_eval(values, |ctx, op_state, node, input| {
                     let started = std::time::Instant::now();
                     let result = tract_onnx::tract_core::plan::eval(ctx, op_state, node, input);
-                    let key = match by {
+                    // Timed before the bookkeeping, which is not the node's.
+                    let took = started.elapsed();
+                    let label = match by {
                         ProfileBy::Operator => node.op.name().to_string(),
-                        ProfileBy::Node => format!("#{} {}", node.id, node.name),
+                        ProfileBy::Node => node_summary(node),
                     };
-                    let entry = by_op.entry(key).or_insert_with(|| OpTime {
-                        op: match by {
-                            ProfileBy::Operator => node.op.name().to_string(),
-                            ProfileBy::Node => node_summary(node),
-                        },
+                    let entry = by_op.entry(label.clone()).or_insert_with(|| OpTime {
+                        op: label,
                         time: std::time::Duration::ZERO,
                         nodes: 0,
                     });
-                    entry.time += started.elapsed();
+                    entry.time += took;
                     if run == 0 {
                         entry.nodes += 1;
                     }

@@ -715,6 +715,13 @@ pub(crate) mod tests {
             .unwrap()
     }
 
+    /// f32 values that differ from element to element; `seed` varies them.
+    pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u64 * 7919 + seed * 104_729) % 2003) as f32 * 0.013 - 13.0)
+            .collect()
+    }
+
     /// `model` run on one input: its first output.
     pub(crate) fn run_on(model: TypedModel, x: &Tensor) -> Tensor {
         model
