@@ -16,6 +16,7 @@ mod cast;
 mod chain;
 mod cpu;
 mod datatype;
+mod dense;
 mod error;
 mod fallback;
 mod im2col;

@@ -182,7 +182,10 @@ impl Model {
                 crate::quantize::swap_in_quantizers(&mut m)?;
                 crate::quantize::drop_repeated_fake_quants(&mut m)?;
                 input_dims_at_least_one(&m)?;
-                m.into_optimized()
+                m.declutter()?;
+                crate::dense::swap_in(&mut m)?;
+                m.optimize()?;
+                Ok(m)
             })
             .and_then(|mut m| {
                 crate::broadcast::swap_in(&mut m)?;

@@ -72,7 +72,8 @@ const F32_EXACT: u64 = 1 << 24;
 ///   integer below 2^24 being its own f32 and an all-zero sum +0 as the
 ///   int32 0's cast (tract's products sum from +0). tract then fuses the
 ///   rescale, bias and ReLU into the product (digits MLP at batch 32:
-///   28 → 19 µs).
+///   28 → 19 µs); a product small enough for `dense::FastDense` goes there
+///   instead, exactly the same.
 /// - `QLinearMatMul` / `QLinearConv` accumulate the same way (with
 ///   `QLinearConv`'s int32 bias, inside the same bound), then rescale by
 ///   `a_scale · b_scale / y_scale` in f32 and `QuantizeLinear` with scale 1

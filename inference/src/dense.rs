@@ -1,0 +1,801 @@
+//! Small dense layers (a matrix product with a constant weight, `[m, k] ·
+//! [k, n]`) in one pass of our own, for the products where tract's cost is
+//! its per-call overhead rather than arithmetic.
+//!
+//! tract runs every product as a packing node, a kernel call per tile and,
+//! for integer products, four more nodes that centre the operands and
+//! correct for zero points. On the digits models that is 5.4 µs for a
+//! 64×10 product at batch 32 (its 64-row f32 tile is 84 % padding) and 3 µs
+//! for a 64×64 int8 product at batch 1: most of each model's time. This op
+//! takes the products of a decluttered model whose weight holds at most
+//! [`MAX_WEIGHTS`] values, and runs them over the weight packed in panels of
+//! [`COLS`] columns:
+//!
+//! - f32 (`MatMul`, `Gemm`, QDQ products once tract folded the weight's
+//!   `DequantizeLinear`): each output is `Σ_k a·w` accumulated in `k`
+//!   order with fused multiply-adds from +0, then `+ bias` when the product
+//!   feeds an `Add` of a constant per-column bias (which this op then
+//!   absorbs). That is what tract's f32 kernels compute, so outputs are
+//!   bit-identical to tract's on an FMA CPU.
+//! - integer (`MatMulInteger`, tract's `EinSum` with int32 output, scalar
+//!   zero points): `Σ_k (a - a_zp)(w - w_zp)` over the same f32 panels. The
+//!   weight's bound makes every partial sum an integer below 2^24 (see
+//!   [`IntWeights`]), so the f32 arithmetic is exact and the int32 output
+//!   equals tract's, bit for bit.
+//!
+//! The swap happens only on a CPU with FMA (AVX2 or AVX-512): elsewhere the
+//! fused multiply-add is a library call per element, and tract keeps the
+//! products. Bigger products (MiniLM's, 384×384 and up) stay with tract's
+//! packed kernels, which run them faster than this loop would.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+/// Columns per weight panel: one AVX-512 register, two AVX2 ones.
+const COLS: usize = 16;
+/// Rows of the activation per pass over a panel: six accumulators (twelve
+/// on AVX2) in flight hide the multiply-add's latency, and leave registers
+/// for the weights.
+const ROWS: usize = 6;
+/// The largest weight (`k · n` values) this op takes.
+const MAX_WEIGHTS: usize = 1 << 16;
+/// Every integer of magnitude below this is an f32.
+const F32_EXACT: f64 = (1u32 << 24) as f64;
+
+/// Replaces each small constant-weight product of a decluttered model by
+/// [`FastDense`], on a CPU with FMA. Returns how many.
+pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
+    if crate::simd::vector_level() == "baseline" {
+        return Ok(0);
+    }
+    let outputs: std::collections::HashSet<OutletId> =
+        model.output_outlets()?.iter().copied().collect();
+    let mut swapped = 0;
+    for id in model.eval_order()? {
+        let Some((op, inputs)) = plan(model, id)? else {
+            continue;
+        };
+        let (op, last) = match op.int {
+            None => match bias_after(model, id, op.panels.n, &outputs)? {
+                Some((bias, add)) => (
+                    FastDense {
+                        bias: Some(bias),
+                        ..op
+                    },
+                    add,
+                ),
+                None => (op, id),
+            },
+            Some(int) => match cast_to_float_after(model, id, &outputs)? {
+                Some(cast) => (
+                    FastDense {
+                        int: Some(IntWeights {
+                            as_float: true,
+                            ..int
+                        }),
+                        ..op
+                    },
+                    cast,
+                ),
+                None => (op, id),
+            },
+        };
+        let mut patch = TypedModelPatch::default();
+        let taps = inputs
+            .iter()
+            .map(|i| patch.tap_model(model, *i))
+            .collect::<TractResult<TVec<_>>>()?;
+        let name = model.node(id).name.clone();
+        let out = patch.wire_node(name, op, &taps)?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), out)?;
+        patch.apply(model)?;
+        swapped += 1;
+    }
+    model.compact()?;
+    Ok(swapped)
+}
+
+/// The op for node `id` if it is a product this op takes, with the inputs
+/// it reads (the activation, and an integer product's zero point).
+fn plan(model: &TypedModel, id: usize) -> TractResult<Option<(FastDense, TVec<OutletId>)>> {
+    let node = model.node(id);
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return Ok(None);
+    };
+    let facts = model.node_input_facts(id)?;
+    let (Some(transposed), Some(weight)) = (matrix_product(einsum, &facts), &facts[1].konst) else {
+        return Ok(None);
+    };
+    let (k, n) = if transposed {
+        (weight.shape()[1], weight.shape()[0])
+    } else {
+        (weight.shape()[0], weight.shape()[1])
+    };
+    if k == 0 || n == 0 || k * n > MAX_WEIGHTS || facts[0].shape[1] != k.to_dim() {
+        return Ok(None);
+    }
+    let a_type = facts[0].datum_type;
+    match einsum.q_params {
+        None if facts.len() == 2
+            && a_type == f32::datum_type()
+            && weight.datum_type() == a_type =>
+        {
+            let w = weight.cast_to::<f32>()?;
+            let w = w.try_as_plain_ram()?;
+            let panels = Panels::new(k, n, transposed, w.as_slice::<f32>()?);
+            let op = FastDense {
+                panels: Arc::new(panels),
+                bias: None,
+                int: None,
+            };
+            Ok(Some((op, tvec![node.inputs[0]])))
+        }
+        Some(out) if out == i32::datum_type() => {
+            let Some(int) = IntWeights::plan(&facts, a_type, k)? else {
+                return Ok(None);
+            };
+            let w = weight.cast_to::<i32>()?;
+            let w = w.try_as_plain_ram()?;
+            let w: Vec<f32> = w
+                .as_slice::<i32>()?
+                .iter()
+                .map(|&v| (v - int.w_zero_point) as f32)
+                .collect();
+            let panels = Panels::new(k, n, transposed, &w);
+            if panels.max_column_sum * 255.0 >= F32_EXACT {
+                return Ok(None);
+            }
+            let op = FastDense {
+                panels: Arc::new(panels),
+                bias: None,
+                int: Some(int),
+            };
+            Ok(Some((op, tvec![node.inputs[0], node.inputs[3]])))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether `einsum` is `[m, k] · [k, n] → [m, n]` (`Some(false)`) or
+/// `[m, k] · [n, k]ᵀ` (`Some(true)`), with any further inputs (an integer
+/// product's bias, scales and zero points) scalars.
+fn matrix_product(einsum: &EinSum, facts: &[&TypedFact]) -> Option<bool> {
+    let axes = &einsum.axes;
+    if facts.len() < 2
+        || facts[0].rank() != 2
+        || facts[1].rank() != 2
+        || facts[2..].iter().any(|f| f.rank() != 0)
+        || axes.iter_all_axes().count() != 3
+    {
+        return None;
+    }
+    let at = |input: usize, pos: usize| {
+        axes.iter_all_axes()
+            .position(|a| a.inputs[input].as_slice() == [pos])
+    };
+    let out = |pos: usize| {
+        axes.iter_all_axes()
+            .position(|a| a.outputs[0].as_slice() == [pos])
+    };
+    let (m, k) = (at(0, 0)?, at(0, 1)?);
+    let n = out(1)?;
+    let ok = |axis: usize, inputs: [usize; 2], output: usize| {
+        axes.iter_all_axes().nth(axis).is_some_and(|a| {
+            a.inputs[0].len() == inputs[0]
+                && a.inputs[1].len() == inputs[1]
+                && a.outputs[0].len() == output
+        })
+    };
+    if out(0)? != m || !ok(m, [1, 0], 1) || !ok(k, [1, 1], 0) || !ok(n, [0, 1], 1) {
+        return None;
+    }
+    match (at(1, 0)?, at(1, 1)?) {
+        (w0, w1) if w0 == k && w1 == n => Some(false),
+        (w0, w1) if w0 == n && w1 == k => Some(true),
+        _ => None,
+    }
+}
+
+/// The constant per-column bias that an `Add` reading only the product's
+/// output adds to it, and that `Add`'s node.
+fn bias_after(
+    model: &TypedModel,
+    id: usize,
+    n: usize,
+    outputs: &std::collections::HashSet<OutletId>,
+) -> TractResult<Option<(Arc<[f32]>, usize)>> {
+    if outputs.contains(&OutletId::new(id, 0)) {
+        return Ok(None);
+    }
+    let Some(add) = model.single_succ(id)? else {
+        return Ok(None);
+    };
+    let is_add = add
+        .op_as::<TypedBinOp>()
+        .is_some_and(|op| op.0.name() == "Add");
+    if !is_add || add.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = if add.inputs[0].node == id { 1 } else { 0 };
+    let fact = model.outlet_fact(add.inputs[other])?;
+    let (Some(bias), out) = (&fact.konst, model.outlet_fact(OutletId::new(add.id, 0))?) else {
+        return Ok(None);
+    };
+    let per_column = match bias.shape() {
+        [c] | [1, c] => *c == n,
+        _ => false,
+    };
+    if !per_column
+        || bias.datum_type() != f32::datum_type()
+        || out.shape != model.outlet_fact(OutletId::new(id, 0))?.shape
+    {
+        return Ok(None);
+    }
+    let bias = bias.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    Ok(Some((bias.into(), add.id)))
+}
+
+/// The `Cast` to f32 that alone reads an integer product's output.
+fn cast_to_float_after(
+    model: &TypedModel,
+    id: usize,
+    outputs: &std::collections::HashSet<OutletId>,
+) -> TractResult<Option<usize>> {
+    if outputs.contains(&OutletId::new(id, 0)) {
+        return Ok(None);
+    }
+    Ok(model
+        .single_succ(id)?
+        .filter(|cast| {
+            cast.op_as::<Cast>()
+                .is_some_and(|c| c.to == f32::datum_type())
+        })
+        .map(|cast| cast.id))
+}
+
+/// The weight, `(w - w_zp)` for an integer product, in panels of [`COLS`]
+/// columns: panel `p` holds, for each `k` in order, columns
+/// `p·COLS .. p·COLS + COLS`, zero past `n`.
+#[derive(Debug, PartialEq)]
+struct Panels {
+    k: usize,
+    n: usize,
+    values: Vec<f32>,
+    /// The largest `Σ_k |w|` over the columns.
+    max_column_sum: f64,
+}
+
+impl Panels {
+    /// From the weight as stored: `[k, n]`, or `[n, k]` when `transposed`.
+    fn new(k: usize, n: usize, transposed: bool, w: &[f32]) -> Panels {
+        let panels = n.div_ceil(COLS);
+        let mut values = vec![0f32; panels * k * COLS];
+        let mut sums = vec![0f64; n];
+        for row in 0..k {
+            for col in 0..n {
+                let v = if transposed {
+                    w[col * k + row]
+                } else {
+                    w[row * n + col]
+                };
+                values[(col / COLS) * k * COLS + row * COLS + col % COLS] = v;
+                sums[col] += f64::from(v.abs());
+            }
+        }
+        Panels {
+            k,
+            n,
+            values,
+            max_column_sum: sums.iter().copied().fold(0.0, f64::max),
+        }
+    }
+}
+
+/// What an integer product needs beyond the centred weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct IntWeights {
+    w_zero_point: i32,
+    /// The sums go out as f32, for the `Cast` to f32 this op absorbed: the
+    /// same values, each an integer below 2^24 (a zero sum is +0, as the
+    /// cast of int32 0 is: the sums start at +0).
+    as_float: bool,
+}
+
+impl IntWeights {
+    /// Takes tract's integer `EinSum` (inputs: A, B, bias, A0, A scale,
+    /// B0, B scale, C0, C scale) with int8 or uint8 operands, a zero bias
+    /// and output zero point, unit scales, a constant weight zero point,
+    /// and `k` small enough for the 255 bound below to mean anything.
+    fn plan(facts: &[&TypedFact], a_type: DatumType, k: usize) -> TractResult<Option<IntWeights>> {
+        let int8 = |t: DatumType| t == u8::datum_type() || t == i8::datum_type();
+        if facts.len() != 9
+            || !int8(a_type)
+            || !int8(facts[1].datum_type)
+            || facts[3].datum_type != a_type
+            || k == 0
+        {
+            return Ok(None);
+        }
+        let scalar = |i: usize| facts[i].konst.as_ref().map(|t| t.cast_to_scalar::<f32>());
+        let constants = [(2, 0.0), (4, 1.0), (6, 1.0), (7, 0.0), (8, 1.0)];
+        for (i, want) in constants {
+            match scalar(i) {
+                Some(Ok(v)) if v == want => {}
+                _ => return Ok(None),
+            }
+        }
+        let Some(w_zero_point) = &facts[5].konst else {
+            return Ok(None);
+        };
+        Ok(Some(IntWeights {
+            w_zero_point: w_zero_point.cast_to_scalar::<i32>()?,
+            as_float: false,
+        }))
+    }
+}
+
+/// `[m, k] · weight (+ bias)`: see the module's doc.
+#[derive(Debug, Clone, PartialEq)]
+struct FastDense {
+    panels: Arc<Panels>,
+    bias: Option<Arc<[f32]>>,
+    /// An integer product: inputs are the activation and its zero point.
+    int: Option<IntWeights>,
+}
+
+impl Hash for FastDense {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.panels.k, self.panels.n, self.bias.is_some(), self.int).hash(state);
+    }
+}
+
+impl Eq for FastDense {}
+
+impl Op for FastDense {
+    fn name(&self) -> StaticName {
+        match (&self.int, &self.bias) {
+            (Some(_), _) => "FastDenseInt".into(),
+            (None, Some(_)) => "FastDense+Bias".into(),
+            (None, None) => "FastDense".into(),
+        }
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("k:{} n:{}", self.panels.k, self.panels.n)])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Accurate
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for FastDense {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (k, n) = (self.panels.k, self.panels.n);
+        let shape = inputs[0].shape();
+        ensure!(
+            shape.len() == 2 && shape[1] == k,
+            "FastDense: input shape {shape:?}, k {k}"
+        );
+        let m = shape[0];
+        let output = match &self.int {
+            None => {
+                let a = inputs[0].try_as_plain_ram()?;
+                let mut c = Tensor::zero::<f32>(&[m, n])?;
+                product(
+                    a.as_slice::<f32>()?,
+                    &self.panels,
+                    self.bias.as_deref(),
+                    c.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+                );
+                c
+            }
+            Some(int) => {
+                let zero_point = inputs[1].cast_to_scalar::<i32>()?;
+                let a = inputs[0].try_as_plain_ram()?;
+                let a = match a.as_slice::<u8>() {
+                    Ok(a) => Activation::U8(a),
+                    Err(_) => Activation::I8(a.as_slice::<i8>()?),
+                };
+                let mut sums = Tensor::zero::<f32>(&[m, n])?;
+                integer_product(
+                    a,
+                    zero_point,
+                    &self.panels,
+                    sums.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+                );
+                if int.as_float {
+                    sums
+                } else {
+                    // Exact: integers below 2^24.
+                    sums.cast_to::<i32>()?.into_owned()
+                }
+            }
+        };
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for FastDense {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let dt = match self.int {
+            Some(IntWeights {
+                as_float: false, ..
+            }) => i32::datum_type(),
+            _ => f32::datum_type(),
+        };
+        Ok(tvec!(dt.fact([
+            inputs[0].shape[0].clone(),
+            self.panels.n.to_dim()
+        ])))
+    }
+
+    as_op!();
+}
+
+/// `c = a · panels (+ bias)`, `a` `[m, k]` and `c` `[m, n]` row-major.
+fn product(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
+    crate::simd::vectorize(
+        #[inline(always)]
+        move || product_here(a, panels, bias, c),
+    )
+}
+
+/// An integer product's activation.
+#[derive(Clone, Copy)]
+enum Activation<'a> {
+    U8(&'a [u8]),
+    I8(&'a [i8]),
+}
+
+/// `c = (a - zero_point) · panels`, exact (see [`IntWeights`]).
+fn integer_product(a: Activation<'_>, zero_point: i32, panels: &Panels, c: &mut [f32]) {
+    let len = match a {
+        Activation::U8(a) => a.len(),
+        Activation::I8(a) => a.len(),
+    };
+    let mut centred = vec![0f32; len];
+    crate::simd::vectorize(
+        #[inline(always)]
+        move || {
+            match a {
+                Activation::U8(a) => {
+                    for (x, v) in centred.iter_mut().zip(a) {
+                        *x = (i32::from(*v) - zero_point) as f32;
+                    }
+                }
+                Activation::I8(a) => {
+                    for (x, v) in centred.iter_mut().zip(a) {
+                        *x = (i32::from(*v) - zero_point) as f32;
+                    }
+                }
+            }
+            product_here(&centred, panels, None, c);
+        },
+    )
+}
+
+/// [`product`] on the caller's instruction set.
+#[inline(always)]
+fn product_here(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
+    let (k, n) = (panels.k, panels.n);
+    let m = c.len() / n;
+    // Each group of rows, interleaved: `[a[r][kk], a[r + 1][kk], ..]` per `kk`.
+    let mut group = vec![[0f32; ROWS]; k];
+    // A last group of fewer rows runs as a full one padded with
+    // zeros: as fast as a lone row, whose one chain of multiply-adds
+    // would wait on itself.
+    for r in (0..m).step_by(ROWS) {
+        let rows = ROWS.min(m - r);
+        for (kk, x) in group.iter_mut().enumerate() {
+            for (i, v) in x.iter_mut().enumerate() {
+                *v = if i < rows { a[(r + i) * k + kk] } else { 0.0 };
+            }
+        }
+        for (p, panel) in panels.values.chunks_exact(k * COLS).enumerate() {
+            let acc = tile(panel, &group);
+            for (i, sums) in acc.iter().take(rows).enumerate() {
+                store(sums, &mut c[(r + i) * n..(r + i + 1) * n], p, bias);
+            }
+        }
+    }
+}
+
+/// `R` rows (interleaved, see [`product`]) times one panel: `R × COLS`
+/// sums, each over `k` in order by fused multiply-adds from +0. `R`
+/// independent accumulators per column block keep the multiply-adds from
+/// waiting on each other.
+#[inline(always)]
+fn tile<const R: usize>(panel: &[f32], rows: &[[f32; R]]) -> [[f32; COLS]; R] {
+    let mut acc = [[0f32; COLS]; R];
+    for (w, x) in panel.chunks_exact(COLS).zip(rows) {
+        for r in 0..R {
+            for j in 0..COLS {
+                acc[r][j] = x[r].mul_add(w[j], acc[r][j]);
+            }
+        }
+    }
+    acc
+}
+
+/// Panel `p`'s columns of one output row, plus the bias if any.
+#[inline(always)]
+fn store(acc: &[f32; COLS], out: &mut [f32], p: usize, bias: Option<&[f32]>) {
+    let first = p * COLS;
+    let last = (first + COLS).min(out.len());
+    let out = &mut out[first..last];
+    match bias {
+        Some(bias) => {
+            for ((o, v), b) in out.iter_mut().zip(acc).zip(&bias[first..]) {
+                *o = v + b;
+            }
+        }
+        None => {
+            for (o, v) in out.iter_mut().zip(acc) {
+                *o = *v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::tests::{
+        graph_model, initializer, onnx, op_names, untyped, value_with, values,
+    };
+    use proptest::prelude::*;
+    use tract_onnx::pb;
+    use tract_onnx::pb::tensor_proto::DataType as D;
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value as V;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// The model input `x`, `[N, k]` f32 with a symbolic batch.
+    fn batch_of(k: usize) -> pb::ValueInfoProto {
+        value_with(
+            "x",
+            D::Float,
+            &[V::DimParam("N".into()), V::DimValue(k as i64)],
+        )
+    }
+
+    /// `y = x · w + bias` with `x` `[N, k]`: a `MatMul` and an `Add`, or
+    /// a `Gemm` with `transB` (the weight stored `[n, k]`).
+    fn dense_model(k: usize, n: usize, gemm: bool, bias: bool, seed: u64) -> pb::ModelProto {
+        let node = |op: &str, inputs: &[&str], output: &str| {
+            crate::rewrite::node(op, inputs, output, None)
+        };
+        let w_dims = if gemm {
+            [n as i64, k as i64]
+        } else {
+            [k as i64, n as i64]
+        };
+        let mut initializers = vec![initializer(
+            "w",
+            D::Float,
+            &w_dims,
+            &f32_bytes(&values(k * n, seed)),
+        )];
+        let b: Vec<f32> = values(n, seed + 1).iter().map(|v| v * 0.1).collect();
+        initializers.push(initializer("b", D::Float, &[n as i64], &f32_bytes(&b)));
+        let nodes = match (gemm, bias) {
+            (true, _) => {
+                let mut gemm = node(
+                    "Gemm",
+                    if bias { &["x", "w", "b"] } else { &["x", "w"] },
+                    "y",
+                );
+                gemm.attribute.push(pb::AttributeProto {
+                    name: "transB".into(),
+                    r#type: pb::attribute_proto::AttributeType::Int as i32,
+                    i: 1,
+                    ..Default::default()
+                });
+                vec![gemm]
+            }
+            (false, true) => vec![
+                node("MatMul", &["x", "w"], "xw"),
+                node("Add", &["xw", "b"], "y"),
+            ],
+            (false, false) => vec![node("MatMul", &["x", "w"], "y")],
+        };
+        graph_model(pb::GraphProto {
+            node: nodes,
+            initializer: initializers,
+            input: vec![batch_of(k)],
+            output: untyped(&["y"]),
+            ..Default::default()
+        })
+    }
+
+    /// `DynamicQuantizeLinear(x)` times an int8 weight by `MatMulInteger`,
+    /// then (`cast`) cast to f32, as onnxruntime's dynamic quantization
+    /// writes a dense layer.
+    fn integer_model(k: usize, n: usize, w: &[i8], w_zp: i8, cast: bool) -> pb::ModelProto {
+        let node = |op: &str, inputs: &[&str], output: &str| {
+            crate::rewrite::node(op, inputs, output, None)
+        };
+        let mut quantize = node("DynamicQuantizeLinear", &["x"], "xq");
+        quantize.output = vec!["xq".into(), "x_scale".into(), "x_zp".into()];
+        let product = if cast { "acc" } else { "y" };
+        let mut nodes = vec![
+            quantize,
+            node("MatMulInteger", &["xq", "w", "x_zp", "w_zp"], product),
+        ];
+        if cast {
+            nodes.push(crate::rewrite::node("Cast", &["acc"], "y", Some(D::Float)));
+        }
+        let w_bytes: Vec<u8> = w.iter().map(|v| *v as u8).collect();
+        graph_model(pb::GraphProto {
+            node: nodes,
+            initializer: vec![
+                initializer("w", D::Int8, &[k as i64, n as i64], &w_bytes),
+                initializer("w_zp", D::Int8, &[], &[w_zp as u8]),
+            ],
+            input: vec![batch_of(k)],
+            output: untyped(&["y"]),
+            ..Default::default()
+        })
+    }
+
+    /// The model as tract runs it and with our products swapped in: the op
+    /// names of the swapped model and both outputs for `x` (`[rows, k]`).
+    fn both(model: &pb::ModelProto, x: &[f32], rows: usize) -> (Vec<String>, Tensor, Tensor) {
+        let mut typed = onnx()
+            .model_for_proto_model(model)
+            .unwrap()
+            .into_typed()
+            .unwrap();
+        typed.declutter().unwrap();
+        let mut ours = typed.clone();
+        swap_in(&mut ours).unwrap();
+        let names = op_names(&ours);
+        let x = Tensor::from_shape(&[rows, x.len() / rows], x).unwrap();
+        let run = |mut m: TypedModel| {
+            m.optimize().unwrap();
+            crate::rewrite::tests::run_on(m, &x)
+        };
+        (names, run(typed), run(ours))
+    }
+
+    fn swaps() -> bool {
+        crate::simd::vector_level() != "baseline"
+    }
+
+    #[test]
+    fn a_dense_layer_is_one_product_with_its_bias_and_identical_outputs() {
+        for (gemm, bias) in [(false, true), (false, false), (true, true), (true, false)] {
+            let (k, n, rows) = (64, 10, 13);
+            let model = dense_model(k, n, gemm, bias, 3);
+            let (names, want, got) = both(&model, &values(rows * k, 4), rows);
+            let want_op = if bias { "FastDense+Bias" } else { "FastDense" };
+            if swaps() {
+                assert!(
+                    names.iter().any(|o| o == want_op),
+                    "{gemm} {bias}: {names:?}"
+                );
+                assert!(
+                    !names.iter().any(|o| o == "Add"),
+                    "{gemm} {bias}: {names:?}"
+                );
+            }
+            assert_eq!(want.shape(), [rows, n]);
+            assert_eq!(want.as_bytes(), got.as_bytes(), "gemm {gemm} bias {bias}");
+        }
+    }
+
+    #[test]
+    fn an_integer_product_is_exact_and_absorbs_its_cast() {
+        let (k, n, rows) = (64, 24, 7);
+        let w: Vec<i8> = (0..k * n)
+            .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+            .collect();
+        for (cast, w_zp) in [(true, 0), (false, 0), (true, -3), (false, 5)] {
+            let model = integer_model(k, n, &w, w_zp, cast);
+            let (names, want, got) = both(&model, &values(rows * k, 9), rows);
+            if swaps() {
+                assert!(names.iter().any(|o| o == "FastDenseInt"), "{names:?}");
+                assert!(!names.iter().any(|o| o == "Cast"), "{names:?}");
+            }
+            let dt = if cast {
+                f32::datum_type()
+            } else {
+                i32::datum_type()
+            };
+            assert_eq!(got.datum_type(), dt);
+            assert_eq!(want.as_bytes(), got.as_bytes(), "cast {cast}, w_zp {w_zp}");
+        }
+    }
+
+    #[test]
+    fn an_integer_product_that_could_leave_f32s_exact_range_stays_with_tract() {
+        // 255 · 600 · 127 > 2^24.
+        let (k, n) = (600, 4);
+        let w = vec![127i8; k * n];
+        let (names, want, got) = both(&integer_model(k, n, &w, 0, true), &values(2 * k, 1), 2);
+        assert!(
+            !names.iter().any(|o| o.starts_with("FastDense")),
+            "{names:?}"
+        );
+        assert_eq!(want.as_bytes(), got.as_bytes());
+        // One less column sum of 127 and it fits.
+        let w = vec![127i8; 500 * n];
+        let (names, ..) = both(&integer_model(500, n, &w, 0, true), &values(2 * 500, 1), 2);
+        assert_eq!(
+            swaps(),
+            names.iter().any(|o| o == "FastDenseInt"),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_large_weight_stays_with_tracts_packed_kernels() {
+        let model = dense_model(512, 256, false, true, 1);
+        let (names, want, got) = both(&model, &values(2 * 512, 2), 2);
+        assert!(
+            !names.iter().any(|o| o.starts_with("FastDense")),
+            "{names:?}"
+        );
+        assert_eq!(want.as_bytes(), got.as_bytes());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn any_dense_layer_it_takes_equals_tracts(
+            rows in 1usize..20,
+            k in 1usize..70,
+            n in 1usize..40,
+            gemm in any::<bool>(),
+            bias in any::<bool>(),
+            seed in 0u64..1000,
+            specials in prop::collection::vec(
+                (0usize..1400, prop_oneof![
+                    Just(f32::NAN), Just(0.0f32), Just(-0.0f32),
+                    Just(f32::INFINITY), Just(1e30f32), Just(1e-40f32),
+                ]),
+                0..6,
+            ),
+        ) {
+            let mut x = values(rows * k, seed);
+            for (i, v) in specials {
+                if i < x.len() {
+                    x[i] = v;
+                }
+            }
+            // tract declutters some shapes (a single output column, say)
+            // into other ops: what matters is that outputs never change.
+            let model = dense_model(k, n, gemm, bias, seed + 1);
+            let (_, want, got) = both(&model, &x, rows);
+            prop_assert_eq!(want.as_bytes(), got.as_bytes());
+        }
+
+        #[test]
+        fn any_integer_product_it_takes_equals_tracts(
+            rows in 1usize..20,
+            k in 1usize..70,
+            n in 1usize..40,
+            w_zp in -8i8..8,
+            cast in any::<bool>(),
+            seed in 0u64..1000,
+        ) {
+            // Weights within ±120, so that `w - w_zp` stays an int8.
+            let w: Vec<i8> = (0..k * n)
+                .map(|i| (((i as u64 * 7919 + seed * 31) % 241) as i32 - 120) as i8)
+                .collect();
+            let model = integer_model(k, n, &w, w_zp, cast);
+            let (_, want, got) = both(&model, &values(rows * k, seed), rows);
+            prop_assert_eq!(want.as_bytes(), got.as_bytes());
+        }
+    }
+}
