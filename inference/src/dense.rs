@@ -16,7 +16,14 @@
 //!   order with fused multiply-adds from +0, then `+ bias` when the product
 //!   feeds an `Add` of a constant per-column bias (which this op then
 //!   absorbs). That is what tract's f32 kernels compute, so outputs are
-//!   bit-identical to tract's on an FMA CPU.
+//!   bit-identical to tract's on an FMA CPU. tract's x86 kernels also run
+//!   with denormals-are-zero: they read a subnormal operand as a zero of
+//!   its sign. This op flushes subnormal weights, bias and activations to
+//!   match ([`daz`]), and the sum before the bias. The one place the two can
+//!   differ is a partial sum that is itself subnormal (non-zero, below
+//!   2^-126 in magnitude) inside the `k` loop: tract reads it as zero on its
+//!   next multiply-add, this op carries it; the output differs by less than
+//!   2^-126.
 //! - integer (`MatMulInteger`, tract's `EinSum` with int32 output, scalar
 //!   zero points): `Σ_k (a - a_zp)(w - w_zp)` over the same f32 panels. The
 //!   weight's bound makes every partial sum an integer below 2^24 (see
@@ -35,13 +42,13 @@ use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 /// Columns per weight panel: one AVX-512 register, two AVX2 ones.
-const COLS: usize = 16;
+pub(crate) const COLS: usize = 16;
 /// Rows of the activation per pass over a panel: six accumulators (twelve
 /// on AVX2) in flight hide the multiply-add's latency, and leave registers
 /// for the weights.
-const ROWS: usize = 6;
+pub(crate) const ROWS: usize = 6;
 /// The largest weight (`k · n` values) this op takes.
-const MAX_WEIGHTS: usize = 1 << 16;
+pub(crate) const MAX_WEIGHTS: usize = 1 << 16;
 /// Every integer of magnitude below this is an f32.
 const F32_EXACT: f64 = (1u32 << 24) as f64;
 
@@ -119,9 +126,12 @@ fn plan(model: &TypedModel, id: usize) -> TractResult<Option<(FastDense, TVec<Ou
     }
     let a_type = facts[0].datum_type;
     match einsum.q_params {
+        // A fixed single row: tract runs its matrix-vector kernel, which
+        // sums `k` in four interleaved parts, another order.
         None if facts.len() == 2
             && a_type == f32::datum_type()
-            && weight.datum_type() == a_type =>
+            && weight.datum_type() == a_type
+            && !facts[0].shape[0].is_one() =>
         {
             let w = weight.cast_to::<f32>()?;
             let w = w.try_as_plain_ram()?;
@@ -260,8 +270,8 @@ fn cast_to_float_after(
 /// columns: panel `p` holds, for each `k` in order, columns
 /// `p·COLS .. p·COLS + COLS`, zero past `n`.
 #[derive(Debug, PartialEq)]
-struct Panels {
-    k: usize,
+pub(crate) struct Panels {
+    pub(crate) k: usize,
     n: usize,
     values: Vec<f32>,
     /// The largest `Σ_k |w|` over the columns.
@@ -270,7 +280,7 @@ struct Panels {
 
 impl Panels {
     /// From the weight as stored: `[k, n]`, or `[n, k]` when `transposed`.
-    fn new(k: usize, n: usize, transposed: bool, w: &[f32]) -> Panels {
+    pub(crate) fn new(k: usize, n: usize, transposed: bool, w: &[f32]) -> Panels {
         let panels = n.div_ceil(COLS);
         let mut values = vec![0f32; panels * k * COLS];
         let mut sums = vec![0f64; n];
@@ -281,7 +291,7 @@ impl Panels {
                 } else {
                     w[row * n + col]
                 };
-                values[(col / COLS) * k * COLS + row * COLS + col % COLS] = v;
+                values[(col / COLS) * k * COLS + row * COLS + col % COLS] = daz(v);
                 sums[col] += f64::from(v.abs());
             }
         }
@@ -484,7 +494,7 @@ fn integer_product(a: Activation<'_>, zero_point: i32, panels: &Panels, c: &mut 
 
 /// [`product`] on the caller's instruction set.
 #[inline(always)]
-fn product_here(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
+pub(crate) fn product_here(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
     let (k, n) = (panels.k, panels.n);
     let m = c.len() / n;
     // Each group of rows, interleaved: `[a[r][kk], a[r + 1][kk], ..]` per `kk`.
@@ -496,7 +506,11 @@ fn product_here(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32])
         let rows = ROWS.min(m - r);
         for (kk, x) in group.iter_mut().enumerate() {
             for (i, v) in x.iter_mut().enumerate() {
-                *v = if i < rows { a[(r + i) * k + kk] } else { 0.0 };
+                *v = if i < rows {
+                    daz(a[(r + i) * k + kk])
+                } else {
+                    0.0
+                };
             }
         }
         for (p, panel) in panels.values.chunks_exact(k * COLS).enumerate() {
@@ -513,7 +527,7 @@ fn product_here(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32])
 /// independent accumulators per column block keep the multiply-adds from
 /// waiting on each other.
 #[inline(always)]
-fn tile<const R: usize>(panel: &[f32], rows: &[[f32; R]]) -> [[f32; COLS]; R] {
+pub(crate) fn tile<const R: usize>(panel: &[f32], rows: &[[f32; R]]) -> [[f32; COLS]; R] {
     let mut acc = [[0f32; COLS]; R];
     for (w, x) in panel.chunks_exact(COLS).zip(rows) {
         for r in 0..R {
@@ -526,6 +540,17 @@ fn tile<const R: usize>(panel: &[f32], rows: &[[f32; R]]) -> [[f32; COLS]; R] {
 }
 
 /// Panel `p`'s columns of one output row, plus the bias if any.
+/// `v`, or a zero of its sign if it is subnormal: how tract's x86 kernels
+/// read every operand (they run with the CPU's denormals-are-zero flag).
+#[inline(always)]
+pub(crate) fn daz(v: f32) -> f32 {
+    if v.abs() < f32::MIN_POSITIVE {
+        v * 0.0
+    } else {
+        v
+    }
+}
+
 #[inline(always)]
 fn store(acc: &[f32; COLS], out: &mut [f32], p: usize, bias: Option<&[f32]>) {
     let first = p * COLS;
@@ -534,7 +559,7 @@ fn store(acc: &[f32; COLS], out: &mut [f32], p: usize, bias: Option<&[f32]>) {
     match bias {
         Some(bias) => {
             for ((o, v), b) in out.iter_mut().zip(acc).zip(&bias[first..]) {
-                *o = v + b;
+                *o = daz(*v) + daz(*b);
             }
         }
         None => {
@@ -560,18 +585,26 @@ mod tests {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
 
-    /// The model input `x`, `[N, k]` f32 with a symbolic batch.
-    fn batch_of(k: usize) -> pb::ValueInfoProto {
-        value_with(
-            "x",
-            D::Float,
-            &[V::DimParam("N".into()), V::DimValue(k as i64)],
-        )
+    /// The model input `x`, `[N, k]` f32 with a symbolic batch, or
+    /// `[rows, k]` with `fixed` rows.
+    fn batch_of(k: usize, fixed: Option<usize>) -> pb::ValueInfoProto {
+        let rows = match fixed {
+            Some(rows) => V::DimValue(rows as i64),
+            None => V::DimParam("N".into()),
+        };
+        value_with("x", D::Float, &[rows, V::DimValue(k as i64)])
     }
 
     /// `y = x · w + bias` with `x` `[N, k]`: a `MatMul` and an `Add`, or
     /// a `Gemm` with `transB` (the weight stored `[n, k]`).
-    fn dense_model(k: usize, n: usize, gemm: bool, bias: bool, seed: u64) -> pb::ModelProto {
+    fn dense_model(
+        k: usize,
+        n: usize,
+        gemm: bool,
+        bias: bool,
+        fixed: Option<usize>,
+        seed: u64,
+    ) -> pb::ModelProto {
         let node = |op: &str, inputs: &[&str], output: &str| {
             crate::rewrite::node(op, inputs, output, None)
         };
@@ -612,7 +645,7 @@ mod tests {
         graph_model(pb::GraphProto {
             node: nodes,
             initializer: initializers,
-            input: vec![batch_of(k)],
+            input: vec![batch_of(k, fixed)],
             output: untyped(&["y"]),
             ..Default::default()
         })
@@ -642,7 +675,7 @@ mod tests {
                 initializer("w", D::Int8, &[k as i64, n as i64], &w_bytes),
                 initializer("w_zp", D::Int8, &[], &[w_zp as u8]),
             ],
-            input: vec![batch_of(k)],
+            input: vec![batch_of(k, None)],
             output: untyped(&["y"]),
             ..Default::default()
         })
@@ -676,7 +709,7 @@ mod tests {
     fn a_dense_layer_is_one_product_with_its_bias_and_identical_outputs() {
         for (gemm, bias) in [(false, true), (false, false), (true, true), (true, false)] {
             let (k, n, rows) = (64, 10, 13);
-            let model = dense_model(k, n, gemm, bias, 3);
+            let model = dense_model(k, n, gemm, bias, None, 3);
             let (names, want, got) = both(&model, &values(rows * k, 4), rows);
             let want_op = if bias { "FastDense+Bias" } else { "FastDense" };
             if swaps() {
@@ -691,6 +724,18 @@ mod tests {
             }
             assert_eq!(want.shape(), [rows, n]);
             assert_eq!(want.as_bytes(), got.as_bytes(), "gemm {gemm} bias {bias}");
+        }
+    }
+
+    #[test]
+    fn a_fixed_single_row_stays_with_tracts_matrix_vector_kernel() {
+        // tract sums a lone row in four interleaved parts: another order.
+        for rows in [1, 2, 5] {
+            let model = dense_model(64, 10, false, true, Some(rows), 3);
+            let (names, want, got) = both(&model, &values(rows * 64, 4), rows);
+            let swapped = names.iter().any(|o| o.starts_with("FastDense"));
+            assert_eq!(swapped, swaps() && rows > 1, "rows {rows}: {names:?}");
+            assert_eq!(want.as_bytes(), got.as_bytes(), "rows {rows}");
         }
     }
 
@@ -740,7 +785,7 @@ mod tests {
 
     #[test]
     fn a_large_weight_stays_with_tracts_packed_kernels() {
-        let model = dense_model(512, 256, false, true, 1);
+        let model = dense_model(512, 256, false, true, None, 1);
         let (names, want, got) = both(&model, &values(2 * 512, 2), 2);
         assert!(
             !names.iter().any(|o| o.starts_with("FastDense")),
@@ -750,7 +795,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        #![proptest_config(ProptestConfig::with_cases(96))]
         #[test]
         fn any_dense_layer_it_takes_equals_tracts(
             rows in 1usize..20,
@@ -758,6 +803,7 @@ mod tests {
             n in 1usize..40,
             gemm in any::<bool>(),
             bias in any::<bool>(),
+            fixed in any::<bool>(),
             seed in 0u64..1000,
             specials in prop::collection::vec(
                 (0usize..1400, prop_oneof![
@@ -775,7 +821,7 @@ mod tests {
             }
             // tract declutters some shapes (a single output column, say)
             // into other ops: what matters is that outputs never change.
-            let model = dense_model(k, n, gemm, bias, seed + 1);
+            let model = dense_model(k, n, gemm, bias, fixed.then_some(rows), seed + 1);
             let (_, want, got) = both(&model, &x, rows);
             prop_assert_eq!(want.as_bytes(), got.as_bytes());
         }

@@ -357,7 +357,7 @@ impl PadValue for u8 {
 crate::fallback::with_fallback!(FastIm2col);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rewrite::tests::{
         graph_model, initializer, ints, op_names, optimized, untyped, value_with,
@@ -369,15 +369,15 @@ mod tests {
     /// A convolution's shape: channels in and out, group, kernel, strides,
     /// dilations, pads (top, left, bottom, right) and image size.
     #[derive(Debug, Clone, Copy)]
-    struct Geometry {
-        c: usize,
-        m: usize,
-        group: usize,
-        kernel: [usize; 2],
-        strides: [usize; 2],
-        dilations: [usize; 2],
-        pads: [usize; 4],
-        image: [usize; 2],
+    pub(crate) struct Geometry {
+        pub(crate) c: usize,
+        pub(crate) m: usize,
+        pub(crate) group: usize,
+        pub(crate) kernel: [usize; 2],
+        pub(crate) strides: [usize; 2],
+        pub(crate) dilations: [usize; 2],
+        pub(crate) pads: [usize; 4],
+        pub(crate) image: [usize; 2],
     }
 
     /// Values that differ from slot to slot, so a value in the wrong slot
@@ -434,11 +434,17 @@ mod tests {
     /// x [batch, c, h, w] → Conv (weights and bias constant) → y, `batch`
     /// named or fixed; optimised.
     fn conv_model(g: Geometry, batch: Option<i64>) -> TypedModel {
+        optimized(&conv_proto(g, batch))
+    }
+
+    /// x [batch, c, h, w] → Conv (weights and bias constant) → y, `batch`
+    /// named or fixed.
+    pub(crate) fn conv_proto(g: Geometry, batch: Option<i64>) -> pb::ModelProto {
         let weights = values(g.m * g.c / g.group * g.kernel[0] * g.kernel[1], 3);
         let bias = values(g.m, 5);
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let (node, dims) = conv_node(g, "Conv", &["x", "w", "b"], batch);
-        let proto = graph_model(pb::GraphProto {
+        graph_model(pb::GraphProto {
             node: vec![node],
             initializer: vec![
                 initializer("w", D::Float, &weight_shape(g), &bytes(&weights)),
@@ -447,11 +453,10 @@ mod tests {
             input: vec![value_with("x", D::Float, &dims)],
             output: untyped(&["y"]),
             ..Default::default()
-        });
-        optimized(&proto)
+        })
     }
 
-    fn input(g: Geometry, batch: usize, seed: u64) -> Tensor {
+    pub(crate) fn input(g: Geometry, batch: usize, seed: u64) -> Tensor {
         let shape = [batch, g.c, g.image[0], g.image[1]];
         Tensor::from_shape(&shape, &values(shape.iter().product(), seed)).unwrap()
     }
@@ -577,7 +582,7 @@ mod tests {
         image: [9, 11],
     };
 
-    const DIGITS: Geometry = Geometry {
+    pub(crate) const DIGITS: Geometry = Geometry {
         c: 1,
         m: 16,
         group: 1,

@@ -14,6 +14,7 @@
 mod broadcast;
 mod cast;
 mod chain;
+mod conv;
 mod cpu;
 mod datatype;
 mod dense;

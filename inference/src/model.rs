@@ -184,6 +184,7 @@ impl Model {
                 input_dims_at_least_one(&m)?;
                 m.declutter()?;
                 crate::dense::swap_in(&mut m)?;
+                crate::conv::swap_in(&mut m)?;
                 m.optimize()?;
                 Ok(m)
             })
