@@ -380,6 +380,37 @@ pub(crate) mod tests {
         pub(crate) image: [usize; 2],
     }
 
+    /// Convolutions with an output (the dilated kernel fits the padded
+    /// image): `c` input and `m` output channels per group, below the
+    /// bounds given.
+    pub(crate) fn geometries(c: usize, m: usize, groups: usize) -> impl Strategy<Value = Geometry> {
+        let pairs = |a: usize, b: usize| (1..a, 1..b);
+        (
+            (1..c, 1..m, 1..groups),
+            (pairs(4, 4), pairs(4, 4), pairs(3, 3)),
+            (0usize..3, 0usize..3, 0usize..3, 0usize..3),
+            pairs(10, 10),
+        )
+            .prop_map(
+                |((c, m, group), (kernel, strides, dilations), pads, image)| Geometry {
+                    c: c * group,
+                    m: m * group,
+                    group,
+                    kernel: [kernel.0, kernel.1],
+                    strides: [strides.0, strides.1],
+                    dilations: [dilations.0, dilations.1],
+                    pads: [pads.0, pads.1, pads.2, pads.3],
+                    image: [image.0, image.1],
+                },
+            )
+            .prop_filter("no output", |g| {
+                (0..2).all(|axis| {
+                    g.image[axis] + g.pads[axis] + g.pads[axis + 2]
+                        > g.dilations[axis] * (g.kernel[axis] - 1)
+                })
+            })
+    }
+
     /// Values that differ from slot to slot, so a value in the wrong slot
     /// shows; `seed` varies them.
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -626,32 +657,10 @@ pub(crate) mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn any_convolution_it_takes_packs_as_tract_does(
-            channels in (1usize..4, 1usize..4, 1usize..3),
-            kernel in (1usize..4, 1usize..4),
-            strides in (1usize..4, 1usize..4),
-            dilations in (1usize..3, 1usize..3),
-            pads in (0usize..3, 0usize..3, 0usize..3, 0usize..3),
-            image in (1usize..10, 1usize..10),
+            g in geometries(4, 4, 3),
             batch in 0usize..3,
             seed in 0u64..1000,
         ) {
-            let (c, m, group) = channels;
-            let g = Geometry {
-                c: c * group,
-                m: m * group,
-                group,
-                kernel: [kernel.0, kernel.1],
-                strides: [strides.0, strides.1],
-                dilations: [dilations.0, dilations.1],
-                pads: [pads.0, pads.1, pads.2, pads.3],
-                image: [image.0, image.1],
-            };
-            // The dilated kernel must fit the padded image (no empty output).
-            let fits = |axis: usize| {
-                g.image[axis] + g.pads[axis] + g.pads[axis + 2]
-                    > g.dilations[axis] * (g.kernel[axis] - 1)
-            };
-            prop_assume!(fits(0) && fits(1));
             // `same` asserts that the swap happens exactly where tract packs
             // through `Im2col`, and then that packing and outputs are
             // tract's. Some geometries (a 1×1 kernel at unit stride and no
