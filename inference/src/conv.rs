@@ -298,7 +298,7 @@ impl TypedOp for FastConv {
 mod tests {
     use super::*;
     use crate::im2col::tests::{DIGITS, Geometry, conv_proto, geometries};
-    use crate::rewrite::tests::{onnx, op_names, run_on, values};
+    use crate::rewrite::tests::{values, with_and_without};
     use proptest::prelude::*;
     use tract_onnx::pb;
 
@@ -312,20 +312,7 @@ mod tests {
     /// The model as tract runs it and with [`FastConv`] swapped in: the op
     /// names of the swapped model and both outputs for `x`.
     fn both(model: &pb::ModelProto, x: &Tensor) -> (Vec<String>, Tensor, Tensor) {
-        let mut typed = onnx()
-            .model_for_proto_model(model)
-            .unwrap()
-            .into_typed()
-            .unwrap();
-        typed.declutter().unwrap();
-        let mut ours = typed.clone();
-        swap_in(&mut ours).unwrap();
-        let names = op_names(&ours);
-        let run = |mut m: TypedModel| {
-            m.optimize().unwrap();
-            run_on(m, x)
-        };
-        (names, run(typed), run(ours))
+        with_and_without(model, swap_in, x)
     }
 
     /// `g`'s convolution with a symbolic batch, its bias input dropped

@@ -47,6 +47,8 @@ pub(crate) const COLS: usize = 16;
 /// on AVX2) in flight hide the multiply-add's latency, and leave registers
 /// for the weights.
 pub(crate) const ROWS: usize = 6;
+/// Panels per pass for a lone row.
+const WIDE: usize = 4;
 /// The largest weight (`k · n` values) this op takes.
 pub(crate) const MAX_WEIGHTS: usize = 1 << 16;
 /// Every integer of magnitude below this is an f32.
@@ -116,12 +118,22 @@ fn plan(model: &TypedModel, id: usize) -> TractResult<Option<(FastDense, TVec<Ou
     let (Some(transposed), Some(weight)) = (matrix_product(einsum, &facts), &facts[1].konst) else {
         return Ok(None);
     };
+    let dims = weight.shape();
     let (k, n) = if transposed {
-        (weight.shape()[1], weight.shape()[0])
+        (dims[1..].iter().product::<usize>(), dims[0])
     } else {
-        (weight.shape()[0], weight.shape()[1])
+        (
+            dims[..dims.len() - 1].iter().product(),
+            dims[dims.len() - 1],
+        )
     };
-    if k == 0 || n == 0 || k * n > MAX_WEIGHTS || facts[0].shape[1] != k.to_dim() {
+    let a_k: Option<usize> = facts[0]
+        .shape
+        .iter()
+        .skip(1)
+        .map(|d| d.to_usize().ok())
+        .product();
+    if k == 0 || n == 0 || k * n > MAX_WEIGHTS || a_k != Some(k) {
         return Ok(None);
     }
     let a_type = facts[0].datum_type;
@@ -171,42 +183,50 @@ fn plan(model: &TypedModel, id: usize) -> TractResult<Option<(FastDense, TVec<Ou
 
 /// Whether `einsum` is `[m, k] · [k, n] → [m, n]` (`Some(false)`) or
 /// `[m, k] · [n, k]ᵀ` (`Some(true)`), with any further inputs (an integer
-/// product's bias, scales and zero points) scalars.
+/// product's bias, scales and zero points) scalars. `k` may be several
+/// axes (tract folds a `Flatten` before the product into it: `[m, c, h,
+/// w] · [c, h, w, n]`) when both operands hold them in the same order, so
+/// that flattening them row-major gives tract's `k`.
 fn matrix_product(einsum: &EinSum, facts: &[&TypedFact]) -> Option<bool> {
-    let axes = &einsum.axes;
-    if facts.len() < 2
-        || facts[0].rank() != 2
-        || facts[1].rank() != 2
-        || facts[2..].iter().any(|f| f.rank() != 0)
-        || axes.iter_all_axes().count() != 3
-    {
+    if facts.len() < 2 || facts[2..].iter().any(|f| f.rank() != 0) {
         return None;
     }
-    let at = |input: usize, pos: usize| {
-        axes.iter_all_axes()
-            .position(|a| a.inputs[input].as_slice() == [pos])
-    };
-    let out = |pos: usize| {
-        axes.iter_all_axes()
-            .position(|a| a.outputs[0].as_slice() == [pos])
-    };
-    let (m, k) = (at(0, 0)?, at(0, 1)?);
-    let n = out(1)?;
-    let ok = |axis: usize, inputs: [usize; 2], output: usize| {
-        axes.iter_all_axes().nth(axis).is_some_and(|a| {
-            a.inputs[0].len() == inputs[0]
-                && a.inputs[1].len() == inputs[1]
-                && a.outputs[0].len() == output
-        })
-    };
-    if out(0)? != m || !ok(m, [1, 0], 1) || !ok(k, [1, 1], 0) || !ok(n, [0, 1], 1) {
-        return None;
+    let (a_rank, w_rank) = (facts[0].rank(), facts[1].rank());
+    let (mut m, mut n, mut ks) = (false, None, Vec::new());
+    for axis in einsum.axes.iter_all_axes() {
+        if axis.inputs[2..].iter().any(|i| !i.is_empty()) {
+            return None;
+        }
+        let at = |places: &[usize]| match places {
+            [] => Some(None),
+            [p] => Some(Some(*p)),
+            _ => None,
+        };
+        match (
+            at(&axis.inputs[0])?,
+            at(&axis.inputs[1])?,
+            at(&axis.outputs[0])?,
+        ) {
+            (Some(0), None, Some(0)) => m = true,
+            (None, Some(w), Some(1)) => n = Some(w),
+            (Some(a), Some(w), None) => ks.push((a, w)),
+            _ => return None,
+        }
     }
-    match (at(1, 0)?, at(1, 1)?) {
-        (w0, w1) if w0 == k && w1 == n => Some(false),
-        (w0, w1) if w0 == n && w1 == k => Some(true),
-        _ => None,
-    }
+    let n = n?;
+    let transposed = match n {
+        0 => true,
+        n if n + 1 == w_rank => false,
+        _ => return None,
+    };
+    ks.sort_unstable();
+    let first = usize::from(transposed);
+    let in_order = ks
+        .iter()
+        .enumerate()
+        .all(|(i, &(a, w))| a == i + 1 && w == i + first);
+    (m && a_rank >= 2 && ks.len() + 1 == a_rank && ks.len() + 1 == w_rank && in_order)
+        .then_some(transposed)
 }
 
 /// The constant per-column bias that an `Add` reading only the product's
@@ -391,7 +411,7 @@ impl EvalOp for FastDense {
         let (k, n) = (self.panels.k, self.panels.n);
         let shape = inputs[0].shape();
         ensure!(
-            shape.len() == 2 && shape[1] == k,
+            shape.len() >= 2 && shape[1..].iter().product::<usize>() == k,
             "FastDense: input shape {shape:?}, k {k}"
         );
         let m = shape[0];
@@ -497,29 +517,62 @@ fn integer_product(a: Activation<'_>, zero_point: i32, panels: &Panels, c: &mut 
 pub(crate) fn product_here(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
     let (k, n) = (panels.k, panels.n);
     let m = c.len() / n;
+    let whole = m / ROWS * ROWS;
     // Each group of rows, interleaved: `[a[r][kk], a[r + 1][kk], ..]` per `kk`.
     let mut group = vec![[0f32; ROWS]; k];
-    // A last group of fewer rows runs as a full one padded with
-    // zeros: as fast as a lone row, whose one chain of multiply-adds
-    // would wait on itself.
-    for r in (0..m).step_by(ROWS) {
-        let rows = ROWS.min(m - r);
+    for r in (0..whole).step_by(ROWS) {
         for (kk, x) in group.iter_mut().enumerate() {
             for (i, v) in x.iter_mut().enumerate() {
-                *v = if i < rows {
-                    daz(a[(r + i) * k + kk])
-                } else {
-                    0.0
-                };
+                *v = daz(a[(r + i) * k + kk]);
             }
         }
         for (p, panel) in panels.values.chunks_exact(k * COLS).enumerate() {
             let acc = tile(panel, &group);
-            for (i, sums) in acc.iter().take(rows).enumerate() {
+            for (i, sums) in acc.iter().enumerate() {
                 store(sums, &mut c[(r + i) * n..(r + i + 1) * n], p, bias);
             }
         }
     }
+    // The rows left over (a batch of one, say) one at a time, against
+    // [`WIDE`] panels at once: as many independent sums as a group's, with
+    // no padding rows to compute.
+    let mut row = vec![0f32; k];
+    let wide = panels.values.len() / (WIDE * k * COLS) * WIDE;
+    for r in whole..m {
+        for (x, v) in row.iter_mut().zip(&a[r * k..(r + 1) * k]) {
+            *x = daz(*v);
+        }
+        let out = &mut c[r * n..(r + 1) * n];
+        let (blocks, rest) = panels.values.split_at(wide * k * COLS);
+        for (b, block) in blocks.chunks_exact(WIDE * k * COLS).enumerate() {
+            let acc = tile_wide::<WIDE>(block, &row);
+            for (i, sums) in acc.iter().enumerate() {
+                store(sums, out, b * WIDE + i, bias);
+            }
+        }
+        for (p, panel) in rest.chunks_exact(k * COLS).enumerate() {
+            let acc = tile_wide::<1>(panel, &row);
+            store(&acc[0], out, wide + p, bias);
+        }
+    }
+}
+
+/// One row `x` times `P` consecutive panels: `P × COLS` sums, each over `k`
+/// in order by fused multiply-adds from +0, as [`tile`]'s.
+#[inline(always)]
+fn tile_wide<const P: usize>(panels: &[f32], x: &[f32]) -> [[f32; COLS]; P] {
+    let k = x.len();
+    let mut acc = [[0f32; COLS]; P];
+    let panels: [&[f32]; P] = std::array::from_fn(|p| &panels[p * k * COLS..(p + 1) * k * COLS]);
+    for (kk, v) in x.iter().enumerate() {
+        for (acc, panel) in acc.iter_mut().zip(&panels) {
+            let w = &panel[kk * COLS..(kk + 1) * COLS];
+            for j in 0..COLS {
+                acc[j] = v.mul_add(w[j], acc[j]);
+            }
+        }
+    }
+    acc
 }
 
 /// `R` rows (interleaved, see [`product`]) times one panel: `R × COLS`
@@ -574,7 +627,7 @@ fn store(acc: &[f32; COLS], out: &mut [f32], p: usize, bias: Option<&[f32]>) {
 mod tests {
     use super::*;
     use crate::rewrite::tests::{
-        graph_model, initializer, onnx, op_names, untyped, value_with, values,
+        graph_model, initializer, untyped, value_with, values, with_and_without,
     };
     use proptest::prelude::*;
     use tract_onnx::pb;
@@ -684,21 +737,8 @@ mod tests {
     /// The model as tract runs it and with our products swapped in: the op
     /// names of the swapped model and both outputs for `x` (`[rows, k]`).
     fn both(model: &pb::ModelProto, x: &[f32], rows: usize) -> (Vec<String>, Tensor, Tensor) {
-        let mut typed = onnx()
-            .model_for_proto_model(model)
-            .unwrap()
-            .into_typed()
-            .unwrap();
-        typed.declutter().unwrap();
-        let mut ours = typed.clone();
-        swap_in(&mut ours).unwrap();
-        let names = op_names(&ours);
         let x = Tensor::from_shape(&[rows, x.len() / rows], x).unwrap();
-        let run = |mut m: TypedModel| {
-            m.optimize().unwrap();
-            crate::rewrite::tests::run_on(m, &x)
-        };
-        (names, run(typed), run(ours))
+        with_and_without(model, swap_in, &x)
     }
 
     fn swaps() -> bool {
@@ -725,6 +765,34 @@ mod tests {
             assert_eq!(want.shape(), [rows, n]);
             assert_eq!(want.as_bytes(), got.as_bytes(), "gemm {gemm} bias {bias}");
         }
+    }
+
+    #[test]
+    fn a_flatten_before_the_product_is_taken_too() {
+        // tract folds the Flatten into the product: k is three axes.
+        let mut model = dense_model(24, 10, false, true, None, 5);
+        let graph = model.graph.as_mut().unwrap();
+        graph
+            .node
+            .insert(0, crate::rewrite::node("Flatten", &["image"], "x", None));
+        graph.input = vec![value_with(
+            "image",
+            D::Float,
+            &[
+                V::DimParam("N".into()),
+                V::DimValue(4),
+                V::DimValue(3),
+                V::DimValue(2),
+            ],
+        )];
+        let rows = 7;
+        let x = Tensor::from_shape(&[rows, 4, 3, 2], &values(rows * 24, 6)).unwrap();
+        let (names, want, got) = with_and_without(&model, swap_in, &x);
+        if swaps() {
+            assert!(names.iter().any(|o| o == "FastDense+Bias"), "{names:?}");
+            assert!(!names.iter().any(|o| o == "Reshape"), "{names:?}");
+        }
+        assert_eq!(want.as_bytes(), got.as_bytes());
     }
 
     #[test]

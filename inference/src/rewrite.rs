@@ -734,6 +734,30 @@ pub(crate) mod tests {
             .into_tensor()
     }
 
+    /// `proto` decluttered, then optimised and run on `x` as tract would
+    /// and with `swap` applied between the two passes (as `Model::load`
+    /// does): the op names of the swapped model, tract's output, ours.
+    pub(crate) fn with_and_without(
+        proto: &pb::ModelProto,
+        swap: fn(&mut TypedModel) -> TractResult<usize>,
+        x: &Tensor,
+    ) -> (Vec<String>, Tensor, Tensor) {
+        let mut typed = onnx()
+            .model_for_proto_model(proto)
+            .unwrap()
+            .into_typed()
+            .unwrap();
+        typed.declutter().unwrap();
+        let mut ours = typed.clone();
+        swap(&mut ours).unwrap();
+        let names = op_names(&ours);
+        let run = |mut m: TypedModel| {
+            m.optimize().unwrap();
+            run_on(m, x)
+        };
+        (names, run(typed), run(ours))
+    }
+
     /// A model around `graph` (named "g"), at the opset the tests use.
     pub(crate) fn graph_model(graph: pb::GraphProto) -> pb::ModelProto {
         pb::ModelProto {
