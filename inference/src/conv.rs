@@ -46,13 +46,8 @@ pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let node = model.node(id);
-        let name = node.name.clone();
-        let input = node.inputs[0];
-        let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, input)?;
-        let out = patch.wire_node(name, op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(id, 0), out)?;
-        patch.apply(model)?;
+        let (name, input) = (node.name.clone(), node.inputs[0]);
+        crate::dense::splice(model, &[input], op, name, OutletId::new(id, 0))?;
         swapped += 1;
     }
     model.compact()?;

@@ -92,19 +92,31 @@ pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
                 None => (op, id),
             },
         };
-        let mut patch = TypedModelPatch::default();
-        let taps = inputs
-            .iter()
-            .map(|i| patch.tap_model(model, *i))
-            .collect::<TractResult<TVec<_>>>()?;
         let name = model.node(id).name.clone();
-        let out = patch.wire_node(name, op, &taps)?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), out)?;
-        patch.apply(model)?;
+        splice(model, &inputs, op, name, OutletId::new(last, 0))?;
         swapped += 1;
     }
     model.compact()?;
     Ok(swapped)
+}
+
+/// Wires `op` (named `name`) over `inputs` and gives its output to every
+/// reader of `replaced`.
+pub(crate) fn splice(
+    model: &mut TypedModel,
+    inputs: &[OutletId],
+    op: impl TypedOp,
+    name: String,
+    replaced: OutletId,
+) -> TractResult<()> {
+    let mut patch = TypedModelPatch::default();
+    let taps = inputs
+        .iter()
+        .map(|i| patch.tap_model(model, *i))
+        .collect::<TractResult<TVec<_>>>()?;
+    let out = patch.wire_node(name, op, &taps)?[0];
+    patch.shunt_outside(model, replaced, out)?;
+    patch.apply(model)
 }
 
 /// The op for node `id` if it is a product this op takes, with the inputs
@@ -237,10 +249,7 @@ fn bias_after(
     n: usize,
     outputs: &std::collections::HashSet<OutletId>,
 ) -> TractResult<Option<(Arc<[f32]>, usize)>> {
-    if outputs.contains(&OutletId::new(id, 0)) {
-        return Ok(None);
-    }
-    let Some(add) = model.single_succ(id)? else {
+    let Some(add) = sole_reader(model, id, outputs)? else {
         return Ok(None);
     };
     let is_add = add
@@ -268,17 +277,26 @@ fn bias_after(
     Ok(Some((bias.into(), add.id)))
 }
 
+/// The node that alone reads node `id`'s output, which is not a model
+/// output: one this op may absorb.
+fn sole_reader<'m>(
+    model: &'m TypedModel,
+    id: usize,
+    outputs: &std::collections::HashSet<OutletId>,
+) -> TractResult<Option<&'m TypedNode>> {
+    if outputs.contains(&OutletId::new(id, 0)) {
+        return Ok(None);
+    }
+    model.single_succ(id)
+}
+
 /// The `Cast` to f32 that alone reads an integer product's output.
 fn cast_to_float_after(
     model: &TypedModel,
     id: usize,
     outputs: &std::collections::HashSet<OutletId>,
 ) -> TractResult<Option<usize>> {
-    if outputs.contains(&OutletId::new(id, 0)) {
-        return Ok(None);
-    }
-    Ok(model
-        .single_succ(id)?
+    Ok(sole_reader(model, id, outputs)?
         .filter(|cast| {
             cast.op_as::<Cast>()
                 .is_some_and(|c| c.to == f32::datum_type())
