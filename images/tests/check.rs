@@ -148,12 +148,18 @@ fn a_dynamic_int8_cnn_pools_patches_and_casts_in_one_pass() {
     // per-call geometry. Where int8 runs as float (a CPU without fast int8
     // kernels), the convolution's patches are f32 and its product ends in
     // an f32 → int32 → f32 cast pair (its dense layers' products stay f32);
-    // elsewhere the patches are int8 and the product tract's int8 one.
+    // elsewhere the whole integer convolution is one op of ours on a CPU
+    // with FMA, else int8 patches and tract's int8 product.
     let as_float = !inference::Int8Kernels::native().is_fast();
     let (ours, tracts) = if as_float {
         (
             &["FastMaxPool", "FastIm2col", "CastThroughI32"][..],
             &["MaxPool", "Im2col"][..],
+        )
+    } else if inference::vector_level() != "baseline" {
+        (
+            &["FastMaxPool", "FastConvInt"][..],
+            &["MaxPool", "Im2col", "FastIm2col", "CastThroughI32"][..],
         )
     } else {
         (

@@ -40,6 +40,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::tract_linalg::Scaler;
+use tract_onnx::tract_core::tract_linalg::mmm::RoundingPolicy;
 
 /// Columns per weight panel: one AVX-512 register, two AVX2 ones.
 pub(crate) const COLS: usize = 16;
@@ -52,7 +54,7 @@ const WIDE: usize = 4;
 /// The largest weight (`k · n` values) this op takes.
 pub(crate) const MAX_WEIGHTS: usize = 1 << 16;
 /// Every integer of magnitude below this is an f32.
-const F32_EXACT: f64 = (1u32 << 24) as f64;
+pub(crate) const F32_EXACT: f64 = (1u32 << 24) as f64;
 
 /// Replaces each small constant-weight product of a decluttered model by
 /// [`FastDense`], on a CPU with FMA. Returns how many.
@@ -78,6 +80,7 @@ pub(crate) fn swap_in(model: &mut TypedModel) -> TractResult<usize> {
                 ),
                 None => (op, id),
             },
+            Some(int) if int.requant.is_some() => (op, id),
             Some(int) => match cast_to_float_after(model, id, &outputs)? {
                 Some(cast) => (
                     FastDense {
@@ -167,8 +170,8 @@ fn plan(model: &TypedModel, id: usize) -> TractResult<Option<(FastDense, TVec<Ou
             };
             Ok(Some((op, tvec![node.inputs[0]])))
         }
-        Some(out) if out == i32::datum_type() => {
-            let Some(int) = IntWeights::plan(&facts, a_type, k)? else {
+        Some(out) => {
+            let Some(int) = IntWeights::plan(&facts, a_type, k, out)? else {
                 return Ok(None);
             };
             let w = weight.cast_to::<i32>()?;
@@ -350,14 +353,23 @@ struct IntWeights {
     /// same values, each an integer below 2^24 (a zero sum is +0, as the
     /// cast of int32 0 is: the sums start at +0).
     as_float: bool,
+    /// The sums go out requantized to 8 bits (`QLinearMatMul`).
+    requant: Option<Requant>,
 }
 
 impl IntWeights {
     /// Takes tract's integer `EinSum` (inputs: A, B, bias, A0, A scale,
-    /// B0, B scale, C0, C scale) with int8 or uint8 operands, a zero bias
-    /// and output zero point, unit scales, a constant weight zero point,
-    /// and `k` small enough for the 255 bound below to mean anything.
-    fn plan(facts: &[&TypedFact], a_type: DatumType, k: usize) -> TractResult<Option<IntWeights>> {
+    /// B0, B scale, C0, C scale) with int8 or uint8 operands, a constant
+    /// weight zero point, and `k` small enough for the 255 bound below to
+    /// mean anything. With an int32 output (`MatMulInteger`), the bias and
+    /// output zero point must be 0 and the scales 1; with an 8-bit one
+    /// (`QLinearMatMul`) they must be constants, and become a [`Requant`].
+    fn plan(
+        facts: &[&TypedFact],
+        a_type: DatumType,
+        k: usize,
+        out: DatumType,
+    ) -> TractResult<Option<IntWeights>> {
         let int8 = |t: DatumType| t == u8::datum_type() || t == i8::datum_type();
         if facts.len() != 9
             || !int8(a_type)
@@ -367,21 +379,131 @@ impl IntWeights {
         {
             return Ok(None);
         }
-        let scalar = |i: usize| facts[i].konst.as_ref().map(|t| t.cast_to_scalar::<f32>());
-        let constants = [(2, 0.0), (4, 1.0), (6, 1.0), (7, 0.0), (8, 1.0)];
-        for (i, want) in constants {
-            match scalar(i) {
-                Some(Ok(v)) if v == want => {}
-                _ => return Ok(None),
-            }
-        }
         let Some(w_zero_point) = &facts[5].konst else {
+            return Ok(None);
+        };
+        let constant = |i: usize| facts[i].konst.as_ref();
+        let Some(requant) = Requant::plan(out, [2, 4, 6, 7, 8].map(constant))? else {
             return Ok(None);
         };
         Ok(Some(IntWeights {
             w_zero_point: w_zero_point.cast_to_scalar::<i32>()?,
             as_float: false,
+            requant,
         }))
+    }
+}
+
+/// How tract turns an integer product's sums into 8-bit outputs
+/// (`QLinearMatMul`, `QLinearConv`): `clamp(scaler(sum + bias) +
+/// zero_point)` to the output type's range, in int32 (see
+/// [`Requant::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Requant {
+    bias: i32,
+    /// tract's `Scaler` as a multiplier and a right shift (a left one when
+    /// negative).
+    mult: i64,
+    shift: i64,
+    zero_point: i32,
+    /// int8 output, else uint8.
+    signed: bool,
+}
+
+impl Requant {
+    /// For an integer product with output type `out` and, as constants,
+    /// its `[bias, A scale, B scale, C zero point, C scale]` (tract's
+    /// quantized `EinSum` and `Conv` inputs 2, 4, 6, 7 and 8): `Some(None)`
+    /// for an int32 output that is the plain sums (zero bias and zero
+    /// point, unit scales: `MatMulInteger`, `ConvInteger`), `Some(Some(_))`
+    /// for an 8-bit one with scalar f32 scales, `None` for anything else.
+    pub(crate) fn plan(
+        out: DatumType,
+        [bias, a_scale, b_scale, c_zero_point, c_scale]: [Option<&Arc<Tensor>>; 5],
+    ) -> TractResult<Option<Option<Requant>>> {
+        let (Some(bias), Some(a_scale), Some(b_scale), Some(c_zero_point), Some(c_scale)) =
+            (bias, a_scale, b_scale, c_zero_point, c_scale)
+        else {
+            return Ok(None);
+        };
+        let scalars = [bias, a_scale, b_scale, c_zero_point, c_scale];
+        if scalars.iter().any(|t| t.len() != 1) {
+            return Ok(None);
+        }
+        let value = |t: &Arc<Tensor>| t.cast_to_scalar::<f32>();
+        if out == i32::datum_type() {
+            let unit = value(bias)? == 0.0
+                && value(a_scale)? == 1.0
+                && value(b_scale)? == 1.0
+                && value(c_zero_point)? == 0.0
+                && value(c_scale)? == 1.0;
+            return Ok(unit.then_some(None));
+        }
+        let f32_scales = [a_scale, b_scale, c_scale]
+            .iter()
+            .all(|t| t.datum_type() == f32::datum_type());
+        if !(out == u8::datum_type() || out == i8::datum_type()) || !f32_scales {
+            return Ok(None);
+        }
+        // tract's `combine_scales`, in f32, then its `Scale` op.
+        let scale = value(a_scale)? * value(b_scale)? / value(c_scale)?;
+        let requant = Requant::new(
+            bias.cast_to_scalar::<i32>()?,
+            Scaler::new(scale, RoundingPolicy::Even),
+            c_zero_point.cast_to_scalar::<i32>()?,
+            out == i8::datum_type(),
+        );
+        // Shifts of 64 and over (scales below 2^-33 or so, or at and above
+        // 2^32) are ill-defined on int64: those stay tract's.
+        Ok((-32..64).contains(&requant.shift).then_some(Some(requant)))
+    }
+
+    fn new(bias: i32, scaler: Scaler, zero_point: i32, signed: bool) -> Requant {
+        let (mult, shift) = match scaler.mult {
+            Some(mult) => (i64::from(mult), scaler.shift as i64 + 31),
+            None => (1, scaler.shift as i64),
+        };
+        Requant {
+            bias,
+            mult,
+            shift,
+            zero_point,
+            signed,
+        }
+    }
+
+    /// An int8 output, else uint8.
+    pub(crate) fn signed(self) -> bool {
+        self.signed
+    }
+
+    /// The output for `sum`, in the output type's range: tract's `Scaler`
+    /// times an int32 (a fixed-point multiplier, then a shift that rounds
+    /// half to even), written without branches on the value so that it
+    /// vectorises.
+    #[inline(always)]
+    pub(crate) fn apply(self, sum: i32) -> i32 {
+        let (low, high) = if self.signed { (-128, 127) } else { (0, 255) };
+        self.rescale(sum)
+            .wrapping_add(self.zero_point)
+            .clamp(low, high)
+    }
+
+    /// `(sum + bias)` times tract's scaler.
+    #[inline(always)]
+    fn rescale(self, sum: i32) -> i32 {
+        let val = self.mult * i64::from(sum.wrapping_add(self.bias));
+        if self.shift > 0 {
+            // Half up, less one when the quotient's last bit is 0: ties go
+            // to the even one. `Requant::plan` keeps the shift below 64.
+            let abs = val.abs();
+            let half = 1i64 << (self.shift - 1);
+            let even = (abs >> self.shift) & 1;
+            let magnitude = (abs + half + even - 1) >> self.shift;
+            (if val < 0 { -magnitude } else { magnitude }) as i32
+        } else {
+            (val << -self.shift) as i32
+        }
     }
 }
 
@@ -405,6 +527,12 @@ impl Eq for FastDense {}
 impl Op for FastDense {
     fn name(&self) -> StaticName {
         match (&self.int, &self.bias) {
+            (
+                Some(IntWeights {
+                    requant: Some(_), ..
+                }),
+                _,
+            ) => "FastDenseQuant".into(),
             (Some(_), _) => "FastDenseInt".into(),
             (None, Some(_)) => "FastDense+Bias".into(),
             (None, None) => "FastDense".into(),
@@ -459,11 +587,14 @@ impl EvalOp for FastDense {
                     &self.panels,
                     sums.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
                 );
-                if int.as_float {
-                    sums
-                } else {
+                match int.requant {
+                    Some(requant) => {
+                        let sums = sums.try_as_plain_ram()?;
+                        requantize(sums.as_slice::<f32>()?, requant, &[m, n])?
+                    }
+                    None if int.as_float => sums,
                     // Exact: integers below 2^24.
-                    sums.cast_to::<i32>()?.into_owned()
+                    None => sums.cast_to::<i32>()?.into_owned(),
                 }
             }
         };
@@ -474,6 +605,14 @@ impl EvalOp for FastDense {
 impl TypedOp for FastDense {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let dt = match self.int {
+            Some(IntWeights {
+                requant: Some(Requant { signed: true, .. }),
+                ..
+            }) => i8::datum_type(),
+            Some(IntWeights {
+                requant: Some(Requant { signed: false, .. }),
+                ..
+            }) => u8::datum_type(),
             Some(IntWeights {
                 as_float: false, ..
             }) => i32::datum_type(),
@@ -494,6 +633,45 @@ fn product(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
         #[inline(always)]
         move || product_here(a, panels, bias, c),
     )
+}
+
+/// The 8-bit outputs for `sums` (integers, exact in f32), `shape` `[m, n]`.
+fn requantize(sums: &[f32], requant: Requant, shape: &[usize]) -> TractResult<Tensor> {
+    if requant.signed {
+        map_sums(
+            sums,
+            shape,
+            #[inline(always)]
+            move |s| requant.apply(s) as i8,
+        )
+    } else {
+        map_sums(
+            sums,
+            shape,
+            #[inline(always)]
+            move |s| requant.apply(s) as u8,
+        )
+    }
+}
+
+/// `to(sum)` for each of `sums` (integers, exact in f32), `shape`.
+fn map_sums<T: Datum + Copy + tract_num_traits::Zero>(
+    sums: &[f32],
+    shape: &[usize],
+    to: impl Fn(i32) -> T + Copy,
+) -> TractResult<Tensor> {
+    let mut out = Tensor::zero::<T>(shape)?;
+    let mut plain = out.try_as_plain_ram_mut()?;
+    let ys = plain.as_slice_mut::<T>()?;
+    crate::simd::vectorize(
+        #[inline(always)]
+        move || {
+            for (y, s) in ys.iter_mut().zip(sums) {
+                *y = to(*s as i32);
+            }
+        },
+    );
+    Ok(out)
 }
 
 /// An integer product's activation.
@@ -752,6 +930,58 @@ mod tests {
         })
     }
 
+    /// The scales and zero points of a [`qlinear_model`].
+    #[derive(Debug, Clone, Copy)]
+    struct QLinear {
+        x_scale: f32,
+        x_zp: u8,
+        w_scale: f32,
+        w_zp: i8,
+        y_scale: f32,
+        /// An int8 output (zero point `y_zp - 128`), else uint8.
+        signed: bool,
+        y_zp: u8,
+    }
+
+    /// `QuantizeLinear(x)` times an int8 weight by `QLinearMatMul`, as
+    /// onnxruntime's static QOperator quantization writes a dense layer.
+    fn qlinear_model(k: usize, n: usize, w: &[i8], q: QLinear) -> pb::ModelProto {
+        let node = |op: &str, inputs: &[&str], output: &str| {
+            crate::rewrite::node(op, inputs, output, None)
+        };
+        let (y_type, y_zp) = if q.signed {
+            (D::Int8, q.y_zp.wrapping_sub(128))
+        } else {
+            (D::Uint8, q.y_zp)
+        };
+        let scalar = |name: &str, v: f32| initializer(name, D::Float, &[], &v.to_le_bytes());
+        let w_bytes: Vec<u8> = w.iter().map(|v| *v as u8).collect();
+        graph_model(pb::GraphProto {
+            node: vec![
+                node("QuantizeLinear", &["x", "x_scale", "x_zp"], "xq"),
+                node(
+                    "QLinearMatMul",
+                    &[
+                        "xq", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp",
+                    ],
+                    "y",
+                ),
+            ],
+            initializer: vec![
+                scalar("x_scale", q.x_scale),
+                initializer("x_zp", D::Uint8, &[], &[q.x_zp]),
+                initializer("w", D::Int8, &[k as i64, n as i64], &w_bytes),
+                scalar("w_scale", q.w_scale),
+                initializer("w_zp", D::Int8, &[], &[q.w_zp as u8]),
+                scalar("y_scale", q.y_scale),
+                initializer("y_zp", y_type, &[], &[y_zp]),
+            ],
+            input: vec![batch_of(k, None)],
+            output: untyped(&["y"]),
+            ..Default::default()
+        })
+    }
+
     /// The model as tract runs it and with our products swapped in: the op
     /// names of the swapped model and both outputs for `x` (`[rows, k]`).
     fn both(model: &pb::ModelProto, x: &[f32], rows: usize) -> (Vec<String>, Tensor, Tensor) {
@@ -825,12 +1055,17 @@ mod tests {
         }
     }
 
+    /// `n` int8 weights over the whole range.
+    fn spread(n: usize) -> Vec<i8> {
+        (0..n)
+            .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
+            .collect()
+    }
+
     #[test]
     fn an_integer_product_is_exact_and_absorbs_its_cast() {
         let (k, n, rows) = (64, 24, 7);
-        let w: Vec<i8> = (0..k * n)
-            .map(|i| ((i * 37 % 255) as i32 - 127) as i8)
-            .collect();
+        let w = spread(k * n);
         for (cast, w_zp) in [(true, 0), (false, 0), (true, -3), (false, 5)] {
             let model = integer_model(k, n, &w, w_zp, cast);
             let (names, want, got) = both(&model, &values(rows * k, 9), rows);
@@ -845,6 +1080,68 @@ mod tests {
             };
             assert_eq!(got.datum_type(), dt);
             assert_eq!(want.as_bytes(), got.as_bytes(), "cast {cast}, w_zp {w_zp}");
+        }
+    }
+
+    #[test]
+    fn a_qlinear_product_is_requantized_as_tract_does() {
+        let (k, n, rows) = (64, 24, 7);
+        let w = spread(k * n);
+        let q = QLinear {
+            x_scale: 0.1,
+            x_zp: 128,
+            w_scale: 0.02,
+            w_zp: 0,
+            y_scale: 0.7,
+            signed: false,
+            y_zp: 120,
+        };
+        let configs = [
+            q,
+            QLinear { signed: true, ..q },
+            QLinear {
+                w_zp: -3,
+                x_zp: 7,
+                ..q
+            },
+            // A power-of-two scale: tract's scaler is a plain shift.
+            QLinear {
+                x_scale: 0.125,
+                w_scale: 0.0625,
+                y_scale: 1.0,
+                ..q
+            },
+            // Outputs saturate at both ends.
+            QLinear { y_scale: 0.05, ..q },
+        ];
+        for q in configs {
+            let model = qlinear_model(k, n, &w, q);
+            let (names, want, got) = both(&model, &values(rows * k, 9), rows);
+            if swaps() {
+                assert!(names.iter().any(|o| o == "FastDenseQuant"), "{names:?}");
+            }
+            let dt = if q.signed {
+                i8::datum_type()
+            } else {
+                u8::datum_type()
+            };
+            assert_eq!(got.datum_type(), dt, "{q:?}");
+            assert_eq!(want.as_bytes(), got.as_bytes(), "{q:?}");
+        }
+    }
+
+    #[test]
+    fn rescaling_rounds_as_tracts_scaler_does_ties_included() {
+        // Scales of few significant bits, so that many products are ties.
+        for mantissa in (1..16).step_by(2) {
+            for exponent in -12..4 {
+                let scale = mantissa as f32 / 16.0 * 2f32.powi(exponent);
+                let scaler = Scaler::new(scale, RoundingPolicy::Even);
+                let requant = Requant::new(3, scaler, 0, false);
+                for sum in -3000..3000 {
+                    assert_eq!(requant.rescale(sum), (sum + 3) * scaler, "{sum} {scaler:?}");
+                }
+            }
         }
     }
 
@@ -928,6 +1225,58 @@ mod tests {
             let model = integer_model(k, n, &w, w_zp, cast);
             let (_, want, got) = both(&model, &values(rows * k, seed), rows);
             prop_assert_eq!(want.as_bytes(), got.as_bytes());
+        }
+
+        #[test]
+        fn any_qlinear_product_it_takes_equals_tracts(
+            rows in 1usize..20,
+            k in 1usize..70,
+            n in 1usize..40,
+            x_zp in any::<u8>(),
+            w_zp in -8i8..8,
+            y_zp in any::<u8>(),
+            signed in any::<bool>(),
+            scales in (-8i32..2, -10i32..0, -6i32..4, 0.5f32..1.0, 0.5f32..1.0, 0.5f32..1.0),
+            pow2 in any::<bool>(),
+            seed in 0u64..1000,
+        ) {
+            let w: Vec<i8> = (0..k * n)
+                .map(|i| (((i as u64 * 7919 + seed * 31) % 241) as i32 - 120) as i8)
+                .collect();
+            // A whole power of two makes ties common.
+            let (xe, we, ye, xm, wm, ym) = scales;
+            let (xm, wm, ym) = if pow2 { (1.0, 1.0, 1.0) } else { (xm, wm, ym) };
+            let q = QLinear {
+                x_scale: xm * 2f32.powi(xe),
+                x_zp,
+                w_scale: wm * 2f32.powi(we),
+                w_zp,
+                y_scale: ym * 2f32.powi(ye),
+                signed,
+                y_zp,
+            };
+            let model = qlinear_model(k, n, &w, q);
+            let (_, want, got) = both(&model, &values(rows * k, seed), rows);
+            prop_assert_eq!(want.as_bytes(), got.as_bytes());
+        }
+
+        #[test]
+        fn requantizing_clamps_tracts_scaler(
+            sum in -(1i32 << 24)..(1 << 24),
+            bias in -1000i32..1000,
+            scale in prop_oneof![
+                Just(0.0f32),
+                (-30i32..8).prop_map(|e| 2f32.powi(e)),
+                (1e-9f32..100.0),
+            ],
+            zero_point in -128i32..256,
+            signed in any::<bool>(),
+        ) {
+            let scaler = Scaler::new(scale, RoundingPolicy::Even);
+            let (low, high) = if signed { (-128, 127) } else { (0, 255) };
+            let want = ((sum + bias) * scaler + zero_point).clamp(low, high);
+            let got = Requant::new(bias, scaler, zero_point, signed).apply(sum);
+            prop_assert_eq!(got, want, "{:?}", scaler);
         }
     }
 }

@@ -421,7 +421,7 @@ pub(crate) mod tests {
 
     /// `op_type` over `inputs` with `g`'s attributes, and the dims of an
     /// input `x` of `g`'s shape, the batch `N` or `batch`.
-    fn conv_node(
+    pub(crate) fn conv_node(
         g: Geometry,
         op_type: &str,
         inputs: &[&str],
@@ -458,7 +458,7 @@ pub(crate) mod tests {
         (node, dims)
     }
 
-    fn weight_shape(g: Geometry) -> [i64; 4] {
+    pub(crate) fn weight_shape(g: Geometry) -> [i64; 4] {
         [g.m, g.c / g.group, g.kernel[0], g.kernel[1]].map(|d| d as i64)
     }
 
