@@ -27,7 +27,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::dense::{COLS, ROWS, Requant, daz, tile};
+use crate::dense::{COLS, MAX_BIAS, ROWS, Requant, daz, round_to_i32, tile};
 
 /// Table slots (pixels × `k`, 4 bytes each) per convolution: 4 MiB.
 const MAX_TABLE: usize = 1 << 20;
@@ -94,8 +94,8 @@ struct FastConv {
 /// bit.
 #[derive(Debug, Clone, PartialEq)]
 struct Quantized {
-    /// Per output channel.
-    bias: Arc<[i32]>,
+    /// Per output channel: integers below [`MAX_BIAS`] in magnitude.
+    bias: Arc<[f64]>,
     /// 8-bit outputs (`QLinearConv`); without, the int32 sums.
     requant: Option<Requant>,
 }
@@ -173,13 +173,17 @@ impl FastConv {
                 else {
                     return Ok(None);
                 };
-                if facts[3].shape.volume() != 1.to_dim() || w_zp.len() != 1 {
+                let small = |b: &f64| b.abs() < f64::from(MAX_BIAS);
+                if facts[3].shape.volume() != 1.to_dim()
+                    || w_zp.len() != 1
+                    || !bias.iter().all(small)
+                {
                     return Ok(None);
                 }
                 let w_zp = w_zp.cast_to_scalar::<i32>()?;
                 Some((
                     Quantized {
-                        bias: bias.iter().map(|b| *b as i32).collect(),
+                        bias: bias.iter().map(|b| f64::from(*b as i32)).collect(),
                         requant,
                     },
                     w_zp,
@@ -361,7 +365,8 @@ impl FastConv {
         shape: &[usize],
     ) -> TractResult<Tensor> {
         match quantized.requant {
-            None => self.integer(x, x_zp, &quantized.bias, shape, |sum| sum),
+            // Integers below 2^25.
+            None => self.integer(x, x_zp, &quantized.bias, shape, round_to_i32),
             Some(requant) if requant.signed() => self.integer(
                 x,
                 x_zp,
@@ -386,9 +391,9 @@ impl FastConv {
         &self,
         x: &[X],
         x_zp: i32,
-        bias: &[i32],
+        bias: &[f64],
         shape: &[usize],
-        to: impl Fn(i32) -> T + Copy,
+        to: impl Fn(f64) -> T + Copy,
     ) -> TractResult<Tensor> {
         let mut out = Tensor::zero::<T>(shape)?;
         self.run(
@@ -401,8 +406,7 @@ impl FastConv {
                 let b = bias[channel];
                 let mut out = [T::default(); COLS];
                 for j in 0..COLS {
-                    // Exact: integers below 2^24.
-                    out[j] = to((sums[j] as i32).wrapping_add(b));
+                    out[j] = to(f64::from(sums[j]) + b);
                 }
                 out
             },

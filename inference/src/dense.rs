@@ -396,19 +396,37 @@ impl IntWeights {
 
 /// How tract turns an integer product's sums into 8-bit outputs
 /// (`QLinearMatMul`, `QLinearConv`): `clamp(scaler(sum + bias) +
-/// zero_point)` to the output type's range, in int32 (see
-/// [`Requant::apply`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// zero_point)` to the output type's range, in int32, where tract's
+/// `Scaler` is a 24-bit multiplier and a shift that rounds half to even.
+/// This computes it in f64 (see [`Requant::apply`]), which vectorises.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Requant {
+    /// The scaler's multiplier times 2^-shift: exactly what it multiplies
+    /// by.
+    scale: f64,
     bias: i32,
-    /// tract's `Scaler` as a multiplier and a right shift (a left one when
-    /// negative).
-    mult: i64,
-    shift: i64,
     zero_point: i32,
     /// int8 output, else uint8.
     signed: bool,
 }
+
+impl Eq for Requant {}
+
+impl Hash for Requant {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (
+            self.scale.to_bits(),
+            self.bias,
+            self.zero_point,
+            self.signed,
+        )
+            .hash(state);
+    }
+}
+
+/// The largest bias (in magnitude) a [`Requant`] takes: with sums below
+/// 2^24 (the f32 exactness bound), `sum + bias` stays below 2^25.
+pub(crate) const MAX_BIAS: i32 = 1 << 24;
 
 impl Requant {
     /// For an integer product with output type `out` and, as constants,
@@ -447,29 +465,34 @@ impl Requant {
         }
         // tract's `combine_scales`, in f32, then its `Scale` op.
         let scale = value(a_scale)? * value(b_scale)? / value(c_scale)?;
-        let requant = Requant::new(
+        Ok(Requant::new(
             bias.cast_to_scalar::<i32>()?,
             Scaler::new(scale, RoundingPolicy::Even),
             c_zero_point.cast_to_scalar::<i32>()?,
             out == i8::datum_type(),
-        );
-        // Shifts of 64 and over (scales below 2^-33 or so, or at and above
-        // 2^32) are ill-defined on int64: those stay tract's.
-        Ok((-32..64).contains(&requant.shift).then_some(Some(requant)))
+        )
+        .map(Some))
     }
 
-    fn new(bias: i32, scaler: Scaler, zero_point: i32, signed: bool) -> Requant {
+    /// `None` where f64 could differ from tract's int64 arithmetic: a shift
+    /// of 64 or more (ill-defined there), a scale of 16 or more (a scaled
+    /// sum could pass 2^31, where tract's int32 wraps), a bias of
+    /// [`MAX_BIAS`] or more. Within those, `(sum + bias) · scale` (25 bits
+    /// times 24) is exact in f64, and rounding it half to even is tract's
+    /// shift.
+    fn new(bias: i32, scaler: Scaler, zero_point: i32, signed: bool) -> Option<Requant> {
         let (mult, shift) = match scaler.mult {
-            Some(mult) => (i64::from(mult), scaler.shift as i64 + 31),
-            None => (1, scaler.shift as i64),
+            Some(mult) => (f64::from(mult), scaler.shift + 31),
+            None => (1.0, scaler.shift),
         };
-        Requant {
+        let scale = mult * 2f64.powi(-(shift as i32));
+        let fits = shift < 64 && scale < 16.0 && bias.unsigned_abs() < MAX_BIAS as u32;
+        fits.then_some(Requant {
+            scale,
             bias,
-            mult,
-            shift,
             zero_point,
             signed,
-        }
+        })
     }
 
     /// An int8 output, else uint8.
@@ -477,34 +500,32 @@ impl Requant {
         self.signed
     }
 
-    /// The output for `sum`, in the output type's range: tract's `Scaler`
-    /// times an int32 (a fixed-point multiplier, then a shift that rounds
-    /// half to even), written without branches on the value so that it
-    /// vectorises.
+    /// The output for `sum` (an integer, `|sum| < 2^24`), in the output
+    /// type's range, for the caller to narrow.
     #[inline(always)]
-    pub(crate) fn apply(self, sum: i32) -> i32 {
+    pub(crate) fn apply(self, sum: f64) -> i32 {
         let (low, high) = if self.signed { (-128, 127) } else { (0, 255) };
         self.rescale(sum)
             .wrapping_add(self.zero_point)
             .clamp(low, high)
     }
 
-    /// `(sum + bias)` times tract's scaler.
+    /// `(sum + bias)` times tract's scaler, rounded half to even (the
+    /// product is below 2^31 in magnitude, see `new`).
     #[inline(always)]
-    fn rescale(self, sum: i32) -> i32 {
-        let val = self.mult * i64::from(sum.wrapping_add(self.bias));
-        if self.shift > 0 {
-            // Half up, less one when the quotient's last bit is 0: ties go
-            // to the even one. `Requant::plan` keeps the shift below 64.
-            let abs = val.abs();
-            let half = 1i64 << (self.shift - 1);
-            let even = (abs >> self.shift) & 1;
-            let magnitude = (abs + half + even - 1) >> self.shift;
-            (if val < 0 { -magnitude } else { magnitude }) as i32
-        } else {
-            (val << -self.shift) as i32
-        }
+    fn rescale(self, sum: f64) -> i32 {
+        round_to_i32((sum + f64::from(self.bias)) * self.scale)
     }
+}
+
+/// `v` (below 2^31 in magnitude) rounded to an integer, half to even.
+/// Adding 1.5 · 2^52 rounds it, as every f64 sum rounds, and leaves the
+/// integer, two's complement, in the low 32 bits. Unlike `round_ties_even`
+/// then a saturating cast, this vectorises.
+#[inline(always)]
+pub(crate) fn round_to_i32(v: f64) -> i32 {
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    (v + ROUND).to_bits() as i32
 }
 
 /// `[m, k] · weight (+ bias)`: see the module's doc.
@@ -658,7 +679,7 @@ fn requantize(sums: &[f32], requant: Requant, shape: &[usize]) -> TractResult<Te
 fn map_sums<T: Datum + Copy + tract_num_traits::Zero>(
     sums: &[f32],
     shape: &[usize],
-    to: impl Fn(i32) -> T + Copy,
+    to: impl Fn(f64) -> T + Copy,
 ) -> TractResult<Tensor> {
     let mut out = Tensor::zero::<T>(shape)?;
     let mut plain = out.try_as_plain_ram_mut()?;
@@ -667,7 +688,7 @@ fn map_sums<T: Datum + Copy + tract_num_traits::Zero>(
         #[inline(always)]
         move || {
             for (y, s) in ys.iter_mut().zip(sums) {
-                *y = to(*s as i32);
+                *y = to(f64::from(*s));
             }
         },
     );
@@ -1137,9 +1158,10 @@ mod tests {
             for exponent in -12..4 {
                 let scale = mantissa as f32 / 16.0 * 2f32.powi(exponent);
                 let scaler = Scaler::new(scale, RoundingPolicy::Even);
-                let requant = Requant::new(3, scaler, 0, false);
+                let requant = Requant::new(3, scaler, 0, false).unwrap();
                 for sum in -3000..3000 {
-                    assert_eq!(requant.rescale(sum), (sum + 3) * scaler, "{sum} {scaler:?}");
+                    let want = (sum + 3) * scaler;
+                    assert_eq!(requant.rescale(f64::from(sum)), want, "{sum} {scaler:?}");
                 }
             }
         }
@@ -1275,8 +1297,13 @@ mod tests {
             let scaler = Scaler::new(scale, RoundingPolicy::Even);
             let (low, high) = if signed { (-128, 127) } else { (0, 255) };
             let want = ((sum + bias) * scaler + zero_point).clamp(low, high);
-            let got = Requant::new(bias, scaler, zero_point, signed).apply(sum);
-            prop_assert_eq!(got, want, "{:?}", scaler);
+            match Requant::new(bias, scaler, zero_point, signed) {
+                Some(requant) => {
+                    prop_assert_eq!(requant.apply(f64::from(sum)), want, "{:?}", scaler);
+                }
+                // tract's int32 could wrap: that scale stays tract's.
+                None => prop_assert!(scale >= 16.0, "{:?}", scaler),
+            }
         }
     }
 }
