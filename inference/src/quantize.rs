@@ -88,7 +88,11 @@ impl TypedOp for FastDynamicQuantize {
     as_op!();
 }
 
-const LANES: usize = 8;
+/// Values per step of the quantiser's loops: two AVX-512 vectors (four
+/// AVX2 ones), so the min/max folds have independent chains in flight.
+/// (8 took 2.4 µs for the dynamic digits MLP's 2 048 activations at batch
+/// 32, 32 takes 1.9.)
+const LANES: usize = 32;
 
 /// The range of `xs` widened to include 0 (NaN ignored), then the scale and
 /// zero point exactly as tract computes them.
