@@ -20,7 +20,9 @@
 //! Takes f32 2-D convolutions, NCHW with an OIHW constant kernel of at most
 //! [`crate::dense::MAX_WEIGHTS`] values and a constant bias, one group, an
 //! image of fixed size (the batch may be symbolic), and at most
-//! [`MAX_TABLE`] table slots; on a CPU with FMA, as `dense` is.
+//! [`MAX_TABLE`] table slots; on a CPU with FMA, as `dense` is. Quantized
+//! convolutions (`QLinearConv`, `ConvInteger`) of the same shapes run the
+//! same loop on centred integers, exactly (see [`Quantized`]).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;

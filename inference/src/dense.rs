@@ -29,6 +29,9 @@
 //!   weight's bound makes every partial sum an integer below 2^24 (see
 //!   [`IntWeights`]), so the f32 arithmetic is exact and the int32 output
 //!   equals tract's, bit for bit.
+//! - requantized (`QLinearMatMul`, the same `EinSum` with a uint8 or int8
+//!   output and constant scalar scales): the same exact sums, then
+//!   tract's own requantization ([`Requant`]), bit for bit.
 //!
 //! The swap happens only on a CPU with FMA (AVX2 or AVX-512): elsewhere the
 //! fused multiply-add is a library call per element, and tract keeps the
