@@ -29,7 +29,9 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::dense::{COLS, MAX_BIAS, ROWS, Requant, daz, round_to_i32, tile};
+use crate::dense::{
+    COLS, MAX_BIAS, ROWS, Requant, centred, daz, is_int8, round_to_i32, sums_stay_exact, tile,
+};
 
 /// Table slots (pixels × `k`, 4 bytes each) per convolution: 4 MiB.
 const MAX_TABLE: usize = 1 << 20;
@@ -118,10 +120,9 @@ impl FastConv {
         }
         let facts = model.node_input_facts(id)?;
         let types: TVec<DatumType> = facts.iter().map(|f| f.datum_type).collect();
-        let int8 = |t: DatumType| t == u8::datum_type() || t == i8::datum_type();
         let float = conv.q_params.is_none() && types[..] == [f32::datum_type(); 3];
         let integer =
-            conv.q_params.is_some() && facts.len() == 9 && int8(types[0]) && int8(types[1]);
+            conv.q_params.is_some() && facts.len() == 9 && is_int8(types[0]) && is_int8(types[1]);
         if !(float || integer) {
             return Ok(None);
         }
@@ -241,19 +242,13 @@ impl FastConv {
                 kernel.as_slice::<f32>()?.to_vec()
             }
             Some((_, w_zp)) => {
-                let kernel = kernel.cast_to::<i32>()?;
-                let kernel = kernel.try_as_plain_ram()?;
-                let centred: Vec<f32> = kernel
-                    .as_slice::<i32>()?
-                    .iter()
-                    .map(|w| (w - w_zp) as f32)
-                    .collect();
-                // Every sum must stay an integer that f32 holds.
+                let centred = centred(kernel, w_zp)?;
+                // Per output channel (a kernel row).
                 let largest = centred
                     .chunks_exact(k)
                     .map(|row| row.iter().map(|w| f64::from(w.abs())).sum::<f64>())
                     .fold(0.0, f64::max);
-                if largest * 255.0 >= crate::dense::F32_EXACT {
+                if !sums_stay_exact(largest) {
                     return Ok(None);
                 }
                 centred
@@ -480,8 +475,7 @@ impl TypedOp for FastConv {
             Some(Quantized {
                 requant: Some(requant),
                 ..
-            }) if requant.signed() => i8::datum_type(),
-            Some(_) => u8::datum_type(),
+            }) => requant.datum_type(),
         };
         Ok(tvec!(dt.fact([
             inputs[0].shape[0].clone(),

@@ -57,7 +57,30 @@ const WIDE: usize = 4;
 /// The largest weight (`k · n` values) this op takes.
 pub(crate) const MAX_WEIGHTS: usize = 1 << 16;
 /// Every integer of magnitude below this is an f32.
-pub(crate) const F32_EXACT: f64 = (1u32 << 24) as f64;
+const F32_EXACT: f64 = (1u32 << 24) as f64;
+
+/// Whether an integer product whose weights (centred on their zero
+/// point) sum to at most `largest` in magnitude per output keeps every
+/// partial sum an integer that f32 holds: activations centred on theirs
+/// are within ±255.
+pub(crate) fn sums_stay_exact(largest: f64) -> bool {
+    largest * 255.0 < F32_EXACT
+}
+
+/// An integer weight as f32 values `w - zero_point`.
+pub(crate) fn centred(weight: &Tensor, zero_point: i32) -> TractResult<Vec<f32>> {
+    let w = weight.cast_to::<i32>()?;
+    let w = w.try_as_plain_ram()?;
+    Ok(w.as_slice::<i32>()?
+        .iter()
+        .map(|&v| (v - zero_point) as f32)
+        .collect())
+}
+
+/// Whether `t` is one of the 8-bit integer types quantized operators take.
+pub(crate) fn is_int8(t: DatumType) -> bool {
+    t == u8::datum_type() || t == i8::datum_type()
+}
 
 /// Replaces each small constant-weight product of a decluttered model by
 /// [`FastDense`], on a CPU with FMA. Returns how many.
@@ -177,15 +200,9 @@ fn plan(model: &TypedModel, id: usize) -> TractResult<Option<(FastDense, TVec<Ou
             let Some(int) = IntWeights::plan(&facts, a_type, k, out)? else {
                 return Ok(None);
             };
-            let w = weight.cast_to::<i32>()?;
-            let w = w.try_as_plain_ram()?;
-            let w: Vec<f32> = w
-                .as_slice::<i32>()?
-                .iter()
-                .map(|&v| (v - int.w_zero_point) as f32)
-                .collect();
+            let w = centred(weight, int.w_zero_point)?;
             let panels = Panels::new(k, n, transposed, &w);
-            if panels.max_column_sum * 255.0 >= F32_EXACT {
+            if !sums_stay_exact(panels.max_column_sum) {
                 return Ok(None);
             }
             let op = FastDense {
@@ -373,10 +390,9 @@ impl IntWeights {
         k: usize,
         out: DatumType,
     ) -> TractResult<Option<IntWeights>> {
-        let int8 = |t: DatumType| t == u8::datum_type() || t == i8::datum_type();
         if facts.len() != 9
-            || !int8(a_type)
-            || !int8(facts[1].datum_type)
+            || !is_int8(a_type)
+            || !is_int8(facts[1].datum_type)
             || facts[3].datum_type != a_type
             || k == 0
         {
@@ -463,7 +479,7 @@ impl Requant {
         let f32_scales = [a_scale, b_scale, c_scale]
             .iter()
             .all(|t| t.datum_type() == f32::datum_type());
-        if !(out == u8::datum_type() || out == i8::datum_type()) || !f32_scales {
+        if !is_int8(out) || !f32_scales {
             return Ok(None);
         }
         // tract's `combine_scales`, in f32, then its `Scale` op.
@@ -501,6 +517,15 @@ impl Requant {
     /// An int8 output, else uint8.
     pub(crate) fn signed(self) -> bool {
         self.signed
+    }
+
+    /// The output type: int8 or uint8.
+    pub(crate) fn datum_type(self) -> DatumType {
+        if self.signed {
+            i8::datum_type()
+        } else {
+            u8::datum_type()
+        }
     }
 
     /// The output for `sum` (an integer, `|sum| < 2^24`), in the output
@@ -630,13 +655,9 @@ impl TypedOp for FastDense {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let dt = match self.int {
             Some(IntWeights {
-                requant: Some(Requant { signed: true, .. }),
+                requant: Some(requant),
                 ..
-            }) => i8::datum_type(),
-            Some(IntWeights {
-                requant: Some(Requant { signed: false, .. }),
-                ..
-            }) => u8::datum_type(),
+            }) => requant.datum_type(),
             Some(IntWeights {
                 as_float: false, ..
             }) => i32::datum_type(),
