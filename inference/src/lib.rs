@@ -20,6 +20,7 @@ mod datatype;
 mod dense;
 mod error;
 mod fallback;
+mod fold;
 mod im2col;
 mod inplace;
 mod maxpool;

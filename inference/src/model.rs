@@ -185,6 +185,7 @@ impl Model {
                 m.declutter()?;
                 crate::dense::swap_in(&mut m)?;
                 crate::conv::swap_in(&mut m)?;
+                crate::fold::swap_in(&mut m)?;
                 m.optimize()?;
                 Ok(m)
             })
