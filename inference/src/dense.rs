@@ -188,7 +188,7 @@ fn plan(model: &TypedModel, id: usize) -> TractResult<Option<(FastDense, TVec<Ou
         {
             let w = weight.cast_to::<f32>()?;
             let w = w.try_as_plain_ram()?;
-            let panels = Panels::new(k, n, transposed, w.as_slice::<f32>()?);
+            let panels = Panels::new(k, n, transposed, w.as_slice::<f32>()?)?;
             let op = FastDense {
                 panels: Arc::new(panels),
                 bias: None,
@@ -201,8 +201,8 @@ fn plan(model: &TypedModel, id: usize) -> TractResult<Option<(FastDense, TVec<Ou
                 return Ok(None);
             };
             let w = centred(weight, int.w_zero_point)?;
-            let panels = Panels::new(k, n, transposed, &w);
-            if !sums_stay_exact(panels.max_column_sum) {
+            let panels = Panels::new(k, n, transposed, &w)?;
+            if !sums_stay_exact(panels.max_column_sum()) {
                 return Ok(None);
             }
             let op = FastDense {
@@ -329,39 +329,83 @@ fn cast_to_float_after(
 
 /// The weight, `(w - w_zp)` for an integer product, in panels of [`COLS`]
 /// columns: panel `p` holds, for each `k` in order, columns
-/// `p·COLS .. p·COLS + COLS`, zero past `n`.
-#[derive(Debug, PartialEq)]
+/// `p·COLS .. p·COLS + COLS`, zero past `n`. Every value is read as tract's
+/// kernels read it ([`daz`]).
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct Panels {
     pub(crate) k: usize,
     n: usize,
     values: Vec<f32>,
-    /// The largest `Σ_k |w|` over the columns.
-    max_column_sum: f64,
 }
 
 impl Panels {
     /// From the weight as stored: `[k, n]`, or `[n, k]` when `transposed`.
-    pub(crate) fn new(k: usize, n: usize, transposed: bool, w: &[f32]) -> Panels {
-        let panels = n.div_ceil(COLS);
-        let mut values = vec![0f32; panels * k * COLS];
-        let mut sums = vec![0f64; n];
-        for row in 0..k {
-            for col in 0..n {
-                let v = if transposed {
-                    w[col * k + row]
-                } else {
-                    w[row * n + col]
-                };
-                values[(col / COLS) * k * COLS + row * COLS + col % COLS] = daz(v);
-                sums[col] += f64::from(v.abs());
+    pub(crate) fn new(k: usize, n: usize, transposed: bool, w: &[f32]) -> TractResult<Panels> {
+        use tract_ndarray::ArrayView2;
+        let w = if transposed {
+            ArrayView2::from_shape((n, k), w).map(|w| w.reversed_axes())
+        } else {
+            ArrayView2::from_shape((k, n), w)
+        };
+        let mut panels = Panels::default();
+        panels.pack(w?);
+        Ok(panels)
+    }
+
+    /// Packs `w` (`[k, n]`, any strides) into these panels, reusing their
+    /// buffer: for a product whose second operand is an activation.
+    #[inline(always)]
+    pub(crate) fn pack(&mut self, w: tract_ndarray::ArrayView2<'_, f32>) {
+        let (k, n) = w.dim();
+        self.k = k;
+        self.n = n;
+        self.values.clear();
+        self.values.resize(n.div_ceil(COLS) * k * COLS, 0.0);
+        let panel = k * COLS;
+        if w.strides()[0] == 1 && w.strides()[1] != 1 {
+            // A `[n, k]` weight, read in memory order: column by column.
+            for (col, values) in w.columns().into_iter().enumerate() {
+                let at = (col / COLS) * panel + col % COLS;
+                let out = self.values[at..].iter_mut().step_by(COLS);
+                match values.as_slice() {
+                    Some(values) => out.zip(values).for_each(|(o, v)| *o = daz(*v)),
+                    None => out.zip(values).for_each(|(o, v)| *o = daz(*v)),
+                }
+            }
+            return;
+        }
+        for (row, values) in w.rows().into_iter().enumerate() {
+            match values.as_slice() {
+                Some(values) => {
+                    for (p, values) in values.chunks(COLS).enumerate() {
+                        let out = &mut self.values[p * panel + row * COLS..][..values.len()];
+                        for (o, v) in out.iter_mut().zip(values) {
+                            *o = daz(*v);
+                        }
+                    }
+                }
+                None => {
+                    for (col, v) in values.iter().enumerate() {
+                        self.values[(col / COLS) * panel + row * COLS + col % COLS] = daz(*v);
+                    }
+                }
             }
         }
-        Panels {
-            k,
-            n,
-            values,
-            max_column_sum: sums.iter().copied().fold(0.0, f64::max),
+    }
+
+    /// The largest `Σ_k |w|` over the columns.
+    fn max_column_sum(&self) -> f64 {
+        let mut max = 0f64;
+        for panel in self.values.chunks_exact(self.k * COLS) {
+            let mut sums = [0f64; COLS];
+            for row in panel.chunks_exact(COLS) {
+                for (s, v) in sums.iter_mut().zip(row) {
+                    *s += f64::from(v.abs());
+                }
+            }
+            max = sums.iter().copied().fold(max, f64::max);
         }
+        max
     }
 }
 

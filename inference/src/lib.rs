@@ -11,6 +11,7 @@
 //! It is synchronous; the server runs it on the [`Pool`].
 #![forbid(unsafe_code)]
 
+mod batched;
 mod broadcast;
 mod cast;
 mod chain;

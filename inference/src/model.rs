@@ -186,6 +186,7 @@ impl Model {
                 crate::dense::swap_in(&mut m)?;
                 crate::conv::swap_in(&mut m)?;
                 crate::fold::swap_in(&mut m)?;
+                crate::batched::swap_in(&mut m)?;
                 m.optimize()?;
                 Ok(m)
             })
