@@ -26,6 +26,7 @@ mod im2col;
 mod inplace;
 mod maxpool;
 mod model;
+mod pack;
 mod pool;
 mod quantize;
 mod registry;

@@ -197,6 +197,7 @@ impl Model {
                 crate::cast::swap_in(&mut m)?;
                 crate::maxpool::swap_in(&mut m)?;
                 crate::im2col::swap_in(&mut m)?;
+                crate::pack::swap_in(&mut m)?;
                 crate::inplace::swap_in(&mut m)?;
                 m.into_runnable()
             })
