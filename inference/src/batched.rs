@@ -260,20 +260,15 @@ impl EvalOp for FastBatched {
                     let a = a.into_dimensionality::<Ix2>()?;
                     let mut c = c.into_dimensionality::<Ix2>()?;
                     panels.pack(b.into_dimensionality::<Ix2>()?);
-                    let a = match a.as_slice() {
-                        Some(a) => a,
-                        None => {
-                            rows.clear();
-                            for row in a.rows() {
-                                match row.as_slice() {
-                                    Some(row) => rows.extend_from_slice(row),
-                                    None => rows.extend(row.iter().copied()),
-                                }
-                            }
-                            &rows[..]
+                    // `a` row-major, read as tract's kernels read it.
+                    rows.clear();
+                    for row in a.rows() {
+                        match row.as_slice() {
+                            Some(row) => rows.extend(row.iter().map(|v| daz(*v))),
+                            None => rows.extend(row.iter().map(|v| daz(*v))),
                         }
-                    };
-                    product_here(a, &panels, None, &mut sums);
+                    }
+                    product_here::<false>(&rows, &panels, None, &mut sums);
                     match c.as_slice_mut() {
                         Some(out) => {
                             for (o, v) in out.iter_mut().zip(&sums) {

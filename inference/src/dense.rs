@@ -720,7 +720,7 @@ impl TypedOp for FastDense {
 fn product(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
     crate::simd::vectorize(
         #[inline(always)]
-        move || product_here(a, panels, bias, c),
+        move || product_here::<true>(a, panels, bias, c),
     )
 }
 
@@ -792,23 +792,33 @@ fn integer_product(a: Activation<'_>, zero_point: i32, panels: &Panels, c: &mut 
                     }
                 }
             }
-            product_here(&centred, panels, None, c);
+            // Integers: nothing to flush.
+            product_here::<false>(&centred, panels, None, c);
         },
     )
 }
 
-/// [`product`] on the caller's instruction set.
+/// [`product`] on the caller's instruction set. With `FLUSH`, `a`'s
+/// values are read as tract's kernels read them ([`daz`]); without, the
+/// caller has done so (or `a` holds integers).
 #[inline(always)]
-pub(crate) fn product_here(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
+pub(crate) fn product_here<const FLUSH: bool>(
+    a: &[f32],
+    panels: &Panels,
+    bias: Option<&[f32]>,
+    c: &mut [f32],
+) {
     let (k, n) = (panels.k, panels.n);
     let m = c.len() / n;
     let whole = m / ROWS * ROWS;
+    let read = |v: f32| if FLUSH { daz(v) } else { v };
     // Each group of rows, interleaved: `[a[r][kk], a[r + 1][kk], ..]` per `kk`.
     let mut group = vec![[0f32; ROWS]; k];
     for r in (0..whole).step_by(ROWS) {
+        let rows: [&[f32]; ROWS] = std::array::from_fn(|i| &a[(r + i) * k..(r + i + 1) * k]);
         for (kk, x) in group.iter_mut().enumerate() {
-            for (i, v) in x.iter_mut().enumerate() {
-                *v = daz(a[(r + i) * k + kk]);
+            for (v, row) in x.iter_mut().zip(&rows) {
+                *v = read(row[kk]);
             }
         }
         for (p, panel) in panels.values.chunks_exact(k * COLS).enumerate() {
@@ -825,7 +835,7 @@ pub(crate) fn product_here(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: 
     let wide = panels.values.len() / (WIDE * k * COLS) * WIDE;
     for r in whole..m {
         for (x, v) in row.iter_mut().zip(&a[r * k..(r + 1) * k]) {
-            *x = daz(*v);
+            *x = read(*v);
         }
         let out = &mut c[r * n..(r + 1) * n];
         let (blocks, rest) = panels.values.split_at(wide * k * COLS);
