@@ -30,7 +30,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::Mul;
 
-use crate::dense::{Panels, daz, product_here, splice};
+use crate::dense::{Panels, axis_place, daz, product_here, sole_reader, splice};
 
 /// Replaces each product of two activations that [`FastBatched`] takes.
 /// Returns how many.
@@ -86,15 +86,10 @@ fn plan(model: &TypedModel, id: usize) -> TractResult<Option<FastBatched>> {
     }
     let (mut batch, mut m, mut n, mut k) = (vec![], None, None, None);
     for axis in einsum.axes.iter_all_axes() {
-        let at = |places: &[usize]| match places {
-            [] => Some(None),
-            [p] => Some(Some(*p)),
-            _ => None,
-        };
         let (Some(a), Some(b), Some(c)) = (
-            at(&axis.inputs[0]),
-            at(&axis.inputs[1]),
-            at(&axis.outputs[0]),
+            axis_place(&axis.inputs[0]),
+            axis_place(&axis.inputs[1]),
+            axis_place(&axis.outputs[0]),
         ) else {
             return Ok(None);
         };
@@ -133,10 +128,7 @@ fn scale_after(
     id: usize,
     outputs: &std::collections::HashSet<OutletId>,
 ) -> TractResult<Option<(f32, usize)>> {
-    if outputs.contains(&OutletId::new(id, 0)) {
-        return Ok(None);
-    }
-    let Some(mul) = model.single_succ(id)? else {
+    let Some(mul) = sole_reader(model, id, outputs)? else {
         return Ok(None);
     };
     let is_mul = mul
@@ -327,7 +319,9 @@ impl TypedOp for FastBatched {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rewrite::tests::{graph_model, ints, onnx, op_names, untyped, value_with, values};
+    use crate::rewrite::tests::{
+        decluttered_and_swapped, graph_model, ints, op_names, untyped, value_with, values,
+    };
     use proptest::prelude::*;
     use tract_onnx::pb;
     use tract_onnx::pb::tensor_proto::DataType as D;
@@ -396,14 +390,7 @@ mod tests {
         proto: &pb::ModelProto,
         inputs: &[Tensor],
     ) -> (Vec<String>, TVec<Tensor>, TVec<Tensor>) {
-        let mut typed = onnx()
-            .model_for_proto_model(proto)
-            .unwrap()
-            .into_typed()
-            .unwrap();
-        typed.declutter().unwrap();
-        let mut ours = typed.clone();
-        swap_in(&mut ours).unwrap();
+        let (typed, ours) = decluttered_and_swapped(proto, swap_in);
         let names = op_names(&ours);
         let run = |mut m: TypedModel| -> TVec<Tensor> {
             m.optimize().unwrap();

@@ -232,15 +232,10 @@ fn matrix_product(einsum: &EinSum, facts: &[&TypedFact]) -> Option<bool> {
         if axis.inputs[2..].iter().any(|i| !i.is_empty()) {
             return None;
         }
-        let at = |places: &[usize]| match places {
-            [] => Some(None),
-            [p] => Some(Some(*p)),
-            _ => None,
-        };
         match (
-            at(&axis.inputs[0])?,
-            at(&axis.inputs[1])?,
-            at(&axis.outputs[0])?,
+            axis_place(&axis.inputs[0])?,
+            axis_place(&axis.inputs[1])?,
+            axis_place(&axis.outputs[0])?,
         ) {
             (Some(0), None, Some(0)) => m = true,
             (None, Some(w), Some(1)) => n = Some(w),
@@ -262,6 +257,16 @@ fn matrix_product(einsum: &EinSum, facts: &[&TypedFact]) -> Option<bool> {
         .all(|(i, &(a, w))| a == i + 1 && w == i + first);
     (m && a_rank >= 2 && ks.len() + 1 == a_rank && ks.len() + 1 == w_rank && in_order)
         .then_some(transposed)
+}
+
+/// An axis's place in one operand: `Some(None)` where the axis is absent,
+/// `Some(Some(p))` at one place `p`, `None` where it appears twice.
+pub(crate) fn axis_place(places: &[usize]) -> Option<Option<usize>> {
+    match places {
+        [] => Some(None),
+        [p] => Some(Some(*p)),
+        _ => None,
+    }
 }
 
 /// The constant per-column bias that an `Add` reading only the product's
@@ -302,7 +307,7 @@ fn bias_after(
 
 /// The node that alone reads node `id`'s output, which is not a model
 /// output: one this op may absorb.
-fn sole_reader<'m>(
+pub(crate) fn sole_reader<'m>(
     model: &'m TypedModel,
     id: usize,
     outputs: &std::collections::HashSet<OutletId>,

@@ -129,7 +129,9 @@ fn fold(model: &mut TypedModel, id: usize, op: EinSum, group: &[char]) -> TractR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rewrite::tests::{graph_model, initializer, onnx, untyped, value_with, values};
+    use crate::rewrite::tests::{
+        decluttered_and_swapped, graph_model, initializer, onnx, untyped, value_with, values,
+    };
     use proptest::prelude::*;
     use tract_onnx::pb;
     use tract_onnx::pb::tensor_proto::DataType as D;
@@ -183,14 +185,7 @@ mod tests {
     /// Ranks of the quantized products' outputs after [`swap_in`], tract's
     /// output and ours for `x`.
     fn both(proto: &pb::ModelProto, x: &Tensor) -> (Vec<usize>, Tensor, Tensor) {
-        let mut typed = onnx()
-            .model_for_proto_model(proto)
-            .unwrap()
-            .into_typed()
-            .unwrap();
-        typed.declutter().unwrap();
-        let mut ours = typed.clone();
-        swap_in(&mut ours).unwrap();
+        let (typed, ours) = decluttered_and_swapped(proto, swap_in);
         let ranks = ours
             .nodes()
             .iter()

@@ -742,6 +742,21 @@ pub(crate) mod tests {
         swap: fn(&mut TypedModel) -> TractResult<usize>,
         x: &Tensor,
     ) -> (Vec<String>, Tensor, Tensor) {
+        let (typed, ours) = decluttered_and_swapped(proto, swap);
+        let names = op_names(&ours);
+        let run = |mut m: TypedModel| {
+            m.optimize().unwrap();
+            run_on(m, x)
+        };
+        (names, run(typed), run(ours))
+    }
+
+    /// `proto` decluttered as tract leaves it, and a copy with `swap`
+    /// applied (as `Model::load` does before optimising).
+    pub(crate) fn decluttered_and_swapped(
+        proto: &pb::ModelProto,
+        swap: fn(&mut TypedModel) -> TractResult<usize>,
+    ) -> (TypedModel, TypedModel) {
         let mut typed = onnx()
             .model_for_proto_model(proto)
             .unwrap()
@@ -750,12 +765,7 @@ pub(crate) mod tests {
         typed.declutter().unwrap();
         let mut ours = typed.clone();
         swap(&mut ours).unwrap();
-        let names = op_names(&ours);
-        let run = |mut m: TypedModel| {
-            m.optimize().unwrap();
-            run_on(m, x)
-        };
-        (names, run(typed), run(ours))
+        (typed, ours)
     }
 
     /// A model around `graph` (named "g"), at the opset the tests use.
