@@ -30,7 +30,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::Mul;
 
-use crate::dense::{Panels, axis_place, daz, product_here, sole_reader, splice};
+use crate::dense::{COLS, Finish, Panels, axis_place, daz, product_here, sole_reader, splice};
 
 /// Replaces each product of two activations that [`FastBatched`] takes.
 /// Returns how many.
@@ -228,62 +228,51 @@ impl EvalOp for FastBatched {
         if m * n * k == 0 {
             return Ok(tvec!(output.into_tvalue()));
         }
-        let c = output.to_plain_array_view_mut::<f32>()?;
-        let mut c = c.permuted_axes(IxDyn(&self.c_axes));
-        let scale = self.scale.map(daz);
-        let finish = move |v: f32| match scale {
-            Some(s) => daz(v) * s,
-            None => v,
+        // Each logical axis's stride in the output: a batch index's `m × n`
+        // block starts at `Σ index · stride`, row `r` `r · row` further on.
+        let natural = Tensor::natural_strides(&c_shape);
+        let strides: TVec<usize> = self.c_axes.iter().map(|at| natural[*at] as usize).collect();
+        let (row, column) = (strides[batches], strides[batches + 1]);
+        let mut plain = output.try_as_plain_ram_mut()?;
+        let out = plain.as_slice_mut::<f32>()?;
+        let finish = match self.scale {
+            Some(scale) => Finish::Scale(daz(scale)),
+            None => Finish::Sum,
         };
         let batch_dims = IxDyn(&a_dims[..batches]);
         crate::simd::vectorize(
             #[inline(always)]
             move || -> TractResult<()> {
                 let mut panels = Panels::default();
-                let mut rows = Vec::with_capacity(m * k);
-                let mut sums = vec![0f32; m * n];
+                let mut rows = vec![0f32; m * k];
+                // Where an output row is not contiguous, sums go here first.
+                let mut sums = vec![0f32; if column == 1 { 0 } else { m * n }];
                 for index in tract_ndarray::indices(batch_dims) {
-                    let (mut a, mut b, mut c) = (a.view(), b.view(), c.view_mut());
-                    for &i in index.slice() {
+                    let (mut a, mut b) = (a.view(), b.view());
+                    let mut start = 0;
+                    for (&i, stride) in index.slice().iter().zip(&strides) {
                         a = a.index_axis_move(Axis(0), i);
                         b = b.index_axis_move(Axis(0), i);
-                        c = c.index_axis_move(Axis(0), i);
+                        start += i * stride;
                     }
                     let a = a.into_dimensionality::<Ix2>()?;
-                    let mut c = c.into_dimensionality::<Ix2>()?;
                     panels.pack(b.into_dimensionality::<Ix2>()?);
                     // `a` row-major, read as tract's kernels read it.
-                    rows.clear();
-                    for row in a.rows() {
+                    for (row, to) in a.rows().into_iter().zip(rows.chunks_exact_mut(k)) {
                         match row.as_slice() {
-                            Some(row) => rows.extend(row.iter().map(|v| daz(*v))),
-                            None => rows.extend(row.iter().map(|v| daz(*v))),
+                            Some(row) => flush_into(to, row),
+                            None => to.iter_mut().zip(row).for_each(|(t, v)| *t = daz(*v)),
                         }
                     }
-                    product_here::<false>(&rows, &panels, None, &mut sums);
-                    match c.as_slice_mut() {
-                        Some(out) => {
-                            for (o, v) in out.iter_mut().zip(&sums) {
-                                *o = finish(*v);
-                            }
-                        }
-                        None => {
-                            for (mut out, sums) in
-                                c.rows_mut().into_iter().zip(sums.chunks_exact(n))
-                            {
-                                match out.as_slice_mut() {
-                                    Some(out) => {
-                                        for (o, v) in out.iter_mut().zip(sums) {
-                                            *o = finish(*v);
-                                        }
-                                    }
-                                    None => {
-                                        for (o, v) in out.iter_mut().zip(sums) {
-                                            *o = finish(*v);
-                                        }
-                                    }
-                                }
-                            }
+                    if column == 1 {
+                        let c = &mut out[start..];
+                        product_here::<false>(&rows, m, &panels, finish, c, row);
+                        continue;
+                    }
+                    product_here::<false>(&rows, m, &panels, finish, &mut sums, n);
+                    for (r, sums) in sums.chunks_exact(n).enumerate() {
+                        for (j, v) in sums.iter().enumerate() {
+                            out[start + r * row + j * column] = *v;
                         }
                     }
                 }
@@ -291,6 +280,27 @@ impl EvalOp for FastBatched {
             },
         )?;
         Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+/// `row`'s values into `to` as tract's kernels read them, a vector's
+/// width at a time: a row as short as attention's (32 values) is otherwise
+/// left to the loop's scalar remainder.
+#[inline(always)]
+fn flush_into(to: &mut [f32], row: &[f32]) {
+    let mut chunks = to.chunks_exact_mut(COLS);
+    for (to, row) in (&mut chunks).zip(row.chunks_exact(COLS)) {
+        // Arrays, so that the loop's length is a constant to the compiler.
+        if let (Ok(to), Ok(row)) = (
+            <&mut [f32; COLS]>::try_from(to),
+            <&[f32; COLS]>::try_from(row),
+        ) {
+            *to = row.map(daz);
+        }
+    }
+    let tail = row.len() / COLS * COLS;
+    for (t, v) in chunks.into_remainder().iter_mut().zip(&row[tail..]) {
+        *t = daz(*v);
     }
 }
 
@@ -433,6 +443,40 @@ mod tests {
                 assert_eq!(w.shape(), g.shape());
                 assert_eq!(w.as_bytes(), g.as_bytes(), "batch {batch} seq {seq}");
             }
+        }
+    }
+
+    /// `Q · Kᵀ` read transposed (`[batch, heads, n, m]`): its output rows
+    /// are not contiguous, and the product's sums reach them one by one.
+    #[test]
+    fn a_product_written_transposed_is_ours_and_bit_identical() {
+        let (heads, d) = (2, 5);
+        let node = |op: &str, inputs: &[&str], output: &str| {
+            crate::rewrite::node(op, inputs, output, None)
+        };
+        let model = graph_model(pb::GraphProto {
+            node: vec![
+                transpose("q", &[0, 2, 1, 3], "qt"),
+                transpose("k", &[0, 2, 3, 1], "kt"),
+                node("MatMul", &["qt", "kt"], "qk"),
+                transpose("qk", &[0, 1, 3, 2], "y"),
+            ],
+            input: vec![heads_input("q", heads, d), heads_input("k", heads, d)],
+            output: untyped(&["y"]),
+            ..Default::default()
+        });
+        for (batch, seq) in [(1, 3), (2, 9), (3, 17)] {
+            let inputs: Vec<Tensor> = (0..2).map(|i| input(batch, seq, heads, d, i)).collect();
+            let (names, want, got) = both(&model, &inputs);
+            if swaps() {
+                assert!(names.iter().any(|n| n == "FastBatched"), "{names:?}");
+            }
+            assert_eq!(want[0].shape(), &[batch, heads, seq, seq]);
+            assert_eq!(
+                want[0].as_bytes(),
+                got[0].as_bytes(),
+                "batch {batch} seq {seq}"
+            );
         }
     }
 

@@ -367,17 +367,34 @@ impl Panels {
         self.values.clear();
         self.values.resize(n.div_ceil(COLS) * k * COLS, 0.0);
         let panel = k * COLS;
-        if w.strides()[0] == 1 && w.strides()[1] != 1 {
-            // A `[n, k]` weight, read in memory order: column by column.
-            for (col, values) in w.columns().into_iter().enumerate() {
-                let at = (col / COLS) * panel + col % COLS;
-                let out = self.values[at..].iter_mut().step_by(COLS);
-                match values.as_slice() {
-                    Some(values) => out.zip(values).for_each(|(o, v)| *o = daz(*v)),
-                    None => out.zip(values).for_each(|(o, v)| *o = daz(*v)),
-                }
-            }
+        if panel == 0 {
             return;
+        }
+        if w.strides()[0] == 1 && w.strides()[1] != 1 {
+            // A `[n, k]` weight, its columns contiguous: per panel, each
+            // `kk`'s values gathered into one vector, flushed and stored at
+            // once (not one strided store per value).
+            let columns: Option<Vec<&[f32]>> =
+                w.columns().into_iter().map(|c| c.to_slice()).collect();
+            if let Some(columns) = columns {
+                let panels = self.values.chunks_exact_mut(panel);
+                for (out, columns) in panels.zip(columns.chunks(COLS)) {
+                    let Ok(columns) = <&[&[f32]; COLS]>::try_from(columns) else {
+                        // The last panel, part empty.
+                        for (j, values) in columns.iter().enumerate() {
+                            let column = out[j..].iter_mut().step_by(COLS);
+                            column.zip(*values).for_each(|(o, v)| *o = daz(*v));
+                        }
+                        continue;
+                    };
+                    let columns = columns.map(|c| &c[..k]);
+                    for (kk, out) in out.chunks_exact_mut(COLS).enumerate() {
+                        let v: [f32; COLS] = std::array::from_fn(|j| columns[j][kk]);
+                        out.copy_from_slice(&v.map(daz));
+                    }
+                }
+                return;
+            }
         }
         for (row, values) in w.rows().into_iter().enumerate() {
             match values.as_slice() {
@@ -725,7 +742,10 @@ impl TypedOp for FastDense {
 fn product(a: &[f32], panels: &Panels, bias: Option<&[f32]>, c: &mut [f32]) {
     crate::simd::vectorize(
         #[inline(always)]
-        move || product_here::<true>(a, panels, bias, c),
+        move || {
+            let finish = bias.map_or(Finish::Sum, Finish::Bias);
+            product_here::<true>(a, c.len() / panels.n, panels, finish, c, panels.n)
+        },
     )
 }
 
@@ -798,26 +818,48 @@ fn integer_product(a: Activation<'_>, zero_point: i32, panels: &Panels, c: &mut 
                 }
             }
             // Integers: nothing to flush.
-            product_here::<false>(&centred, panels, None, c);
+            let m = c.len() / panels.n;
+            product_here::<false>(&centred, m, panels, Finish::Sum, c, panels.n);
         },
     )
 }
 
-/// [`product`] on the caller's instruction set. With `FLUSH`, `a`'s
-/// values are read as tract's kernels read them ([`daz`]); without, the
-/// caller has done so (or `a` holds integers).
+/// What a product does with each sum before it stores it.
+#[derive(Clone, Copy)]
+pub(crate) enum Finish<'b> {
+    /// Stores the sum.
+    Sum,
+    /// Adds the column's bias, both read as tract's kernels read them.
+    Bias(&'b [f32]),
+    /// Multiplies by the scale, the sum read as tract's kernels read it.
+    Scale(f32),
+}
+
+/// [`product`] on the caller's instruction set, `a` `[m, k]` row-major,
+/// output row `r` at `c[r * ldc..][..n]`. With `FLUSH`, `a`'s values are
+/// read as tract's kernels read them ([`daz`]); without, the caller has
+/// done so (or `a` holds integers).
 #[inline(always)]
 pub(crate) fn product_here<const FLUSH: bool>(
     a: &[f32],
+    m: usize,
     panels: &Panels,
-    bias: Option<&[f32]>,
+    finish: Finish<'_>,
     c: &mut [f32],
+    ldc: usize,
 ) {
     let (k, n) = (panels.k, panels.n);
-    let m = c.len() / n;
     let whole = m / ROWS * ROWS;
     let read = |v: f32| if FLUSH { daz(v) } else { v };
     let pairs = crate::simd::vector_level() == "avx512";
+    // Two panels at a time where the registers hold both tiles' sums
+    // (AVX-512: twelve of 32): twice the multiply-adds in flight.
+    let paired = if pairs {
+        panels.values.len() / (2 * k * COLS)
+    } else {
+        0
+    };
+    let (both, rest) = panels.values.split_at(paired * 2 * k * COLS);
     // Each group of rows, interleaved: `[a[r][kk], a[r + 1][kk], ..]` per `kk`.
     let mut group = vec![[0f32; ROWS]; k];
     for r in (0..whole).step_by(ROWS) {
@@ -827,31 +869,20 @@ pub(crate) fn product_here<const FLUSH: bool>(
                 *v = read(row[kk]);
             }
         }
-        // Two panels at a time where the registers hold both tiles' sums
-        // (AVX-512: twelve of 32): twice the multiply-adds in flight.
-        let paired = if pairs {
-            panels.values.len() / (2 * k * COLS)
-        } else {
-            0
-        };
-        let (both, rest) = panels.values.split_at(paired * 2 * k * COLS);
         for (q, two) in both.chunks_exact(2 * k * COLS).enumerate() {
             let acc = tile_pair(two, &group);
             for (h, tile) in acc.iter().enumerate() {
                 for (i, sums) in tile.iter().enumerate() {
-                    store(sums, &mut c[(r + i) * n..(r + i + 1) * n], 2 * q + h, bias);
+                    let out = &mut c[(r + i) * ldc..][..n];
+                    store(sums, out, 2 * q + h, finish);
                 }
             }
         }
         for (p, panel) in rest.chunks_exact(k * COLS).enumerate() {
             let acc = tile(panel, &group);
             for (i, sums) in acc.iter().enumerate() {
-                store(
-                    sums,
-                    &mut c[(r + i) * n..(r + i + 1) * n],
-                    2 * paired + p,
-                    bias,
-                );
+                let out = &mut c[(r + i) * ldc..][..n];
+                store(sums, out, 2 * paired + p, finish);
             }
         }
     }
@@ -860,21 +891,22 @@ pub(crate) fn product_here<const FLUSH: bool>(
     // no padding rows to compute.
     let mut row = vec![0f32; k];
     let wide = panels.values.len() / (WIDE * k * COLS) * WIDE;
+    let (blocks, rest) = panels.values.split_at(wide * k * COLS);
     for r in whole..m {
         for (x, v) in row.iter_mut().zip(&a[r * k..(r + 1) * k]) {
             *x = read(*v);
         }
-        let out = &mut c[r * n..(r + 1) * n];
-        let (blocks, rest) = panels.values.split_at(wide * k * COLS);
+        let row = &row[..];
+        let out = &mut c[r * ldc..][..n];
         for (b, block) in blocks.chunks_exact(WIDE * k * COLS).enumerate() {
-            let acc = tile_wide::<WIDE>(block, &row);
+            let acc = tile_wide::<WIDE>(block, row);
             for (i, sums) in acc.iter().enumerate() {
-                store(sums, out, b * WIDE + i, bias);
+                store(sums, out, b * WIDE + i, finish);
             }
         }
         for (p, panel) in rest.chunks_exact(k * COLS).enumerate() {
-            let acc = tile_wide::<1>(panel, &row);
-            store(&acc[0], out, wide + p, bias);
+            let acc = tile_wide::<1>(panel, row);
+            store(&acc[0], out, wide + p, finish);
         }
     }
 }
@@ -918,8 +950,8 @@ fn tile_pair<const R: usize>(two: &[f32], rows: &[[f32; R]]) -> [[[f32; COLS]; R
     acc
 }
 
-/// `R` rows (interleaved, see [`product`]) times one panel: `R × COLS`
-/// sums, each over `k` in order by fused multiply-adds from +0. `R`
+/// `R` rows (interleaved, see [`product_here`]) times one panel: `R ×
+/// COLS` sums, each over `k` in order by fused multiply-adds from +0. `R`
 /// independent accumulators per column block keep the multiply-adds from
 /// waiting on each other.
 #[inline(always)]
@@ -935,7 +967,6 @@ pub(crate) fn tile<const R: usize>(panel: &[f32], rows: &[[f32; R]]) -> [[f32; C
     acc
 }
 
-/// Panel `p`'s columns of one output row, plus the bias if any.
 /// `v`, or a zero of its sign if it is subnormal: how tract's x86 kernels
 /// read every operand (they run with the CPU's denormals-are-zero flag).
 #[inline(always)]
@@ -947,22 +978,41 @@ pub(crate) fn daz(v: f32) -> f32 {
     }
 }
 
+/// Panel `p`'s columns of one output row, finished.
 #[inline(always)]
-fn store(acc: &[f32; COLS], out: &mut [f32], p: usize, bias: Option<&[f32]>) {
+fn store(acc: &[f32; COLS], out: &mut [f32], p: usize, finish: Finish<'_>) {
     let first = p * COLS;
     let last = (first + COLS).min(out.len());
+    // A whole panel's width in loops of constant length, which vectorise
+    // (a loop of run-time length up to one vector does not).
+    if let Ok(out) = <&mut [f32; COLS]>::try_from(&mut out[first..last]) {
+        finish_into(acc, out, first, finish);
+        return;
+    }
+    let mut whole = [0f32; COLS];
+    finish_into(acc, &mut whole, first, finish);
     let out = &mut out[first..last];
-    match bias {
-        Some(bias) => {
-            for ((o, v), b) in out.iter_mut().zip(acc).zip(&bias[first..]) {
-                *o = daz(*v) + daz(*b);
+    out.copy_from_slice(&whole[..out.len()]);
+}
+
+/// `acc` finished into `out`, the columns from `first` on.
+#[inline(always)]
+fn finish_into(acc: &[f32; COLS], out: &mut [f32; COLS], first: usize, finish: Finish<'_>) {
+    match finish {
+        Finish::Bias(bias) => {
+            let mut b = [0f32; COLS];
+            let given = &bias[first..bias.len().min(first + COLS)];
+            b[..given.len()].copy_from_slice(given);
+            for j in 0..COLS {
+                out[j] = daz(acc[j]) + daz(b[j]);
             }
         }
-        None => {
-            for (o, v) in out.iter_mut().zip(acc) {
-                *o = *v;
+        Finish::Scale(scale) => {
+            for j in 0..COLS {
+                out[j] = daz(acc[j]) * scale;
             }
         }
+        Finish::Sum => *out = *acc,
     }
 }
 
