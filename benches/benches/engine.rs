@@ -16,6 +16,14 @@
 //! `BENCH_ONLY=digits_cnn` keeps the rows whose label contains the text.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a harness: fail loudly
 
+/// The daemon's allocator (`appliance/src/main.rs`), so that our figures
+/// are what it pays. On glibc's malloc, which this harness used before,
+/// the small models paid for its churn: the dynamic digits MLP took 9.4
+/// against 5.4 µs at batch 1, 16.5 against 12.7 µs at batch 32 (medians
+/// of four alternating runs); int8 MiniLM was within the noise.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
