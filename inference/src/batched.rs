@@ -30,7 +30,9 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::Mul;
 
-use crate::dense::{COLS, Finish, Panels, axis_place, daz, product_here, sole_reader, splice};
+use crate::dense::{
+    Finish, Panels, axis_place, daz, flush_into, product_here, sole_reader, splice,
+};
 
 /// Replaces each product of two activations that [`FastBatched`] takes.
 /// Returns how many.
@@ -280,27 +282,6 @@ impl EvalOp for FastBatched {
             },
         )?;
         Ok(tvec!(output.into_tvalue()))
-    }
-}
-
-/// `row`'s values into `to` as tract's kernels read them, a vector's
-/// width at a time: a row as short as attention's (32 values) is otherwise
-/// left to the loop's scalar remainder.
-#[inline(always)]
-fn flush_into(to: &mut [f32], row: &[f32]) {
-    let mut chunks = to.chunks_exact_mut(COLS);
-    for (to, row) in (&mut chunks).zip(row.chunks_exact(COLS)) {
-        // Arrays, so that the loop's length is a constant to the compiler.
-        if let (Ok(to), Ok(row)) = (
-            <&mut [f32; COLS]>::try_from(to),
-            <&[f32; COLS]>::try_from(row),
-        ) {
-            *to = row.map(daz);
-        }
-    }
-    let tail = row.len() / COLS * COLS;
-    for (t, v) in chunks.into_remainder().iter_mut().zip(&row[tail..]) {
-        *t = daz(*v);
     }
 }
 

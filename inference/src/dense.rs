@@ -401,9 +401,7 @@ impl Panels {
                 Some(values) => {
                     for (p, values) in values.chunks(COLS).enumerate() {
                         let out = &mut self.values[p * panel + row * COLS..][..values.len()];
-                        for (o, v) in out.iter_mut().zip(values) {
-                            *o = daz(*v);
-                        }
+                        flush_into(out, values);
                     }
                 }
                 None => {
@@ -975,6 +973,27 @@ pub(crate) fn daz(v: f32) -> f32 {
         v * 0.0
     } else {
         v
+    }
+}
+
+/// `row`'s values into `to` as tract's kernels read them, a vector's
+/// width at a time: a row as short as attention's (32 values) is otherwise
+/// left to the loop's scalar remainder.
+#[inline(always)]
+pub(crate) fn flush_into(to: &mut [f32], row: &[f32]) {
+    let mut chunks = to.chunks_exact_mut(COLS);
+    for (to, row) in (&mut chunks).zip(row.chunks_exact(COLS)) {
+        // Arrays, so that the loop's length is a constant to the compiler.
+        if let (Ok(to), Ok(row)) = (
+            <&mut [f32; COLS]>::try_from(to),
+            <&[f32; COLS]>::try_from(row),
+        ) {
+            *to = row.map(daz);
+        }
+    }
+    let tail = row.len() / COLS * COLS;
+    for (t, v) in chunks.into_remainder().iter_mut().zip(&row[tail..]) {
+        *t = daz(*v);
     }
 }
 
